@@ -1,0 +1,92 @@
+"""Helpers shared by the ``nse`` commands: argument types, progress bars, JSON output."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+from ..errors import NSEError
+
+
+# -- argument types -------------------------------------------------------------------------
+def int_list(text: str) -> tuple[int, ...] | int:
+    """``64`` or ``16,64,64``."""
+    try:
+        parts = [int(p) for p in str(text).split(",") if p.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected an integer or a comma list, got {text!r}"
+        ) from None
+    if not parts:
+        raise argparse.ArgumentTypeError("expected at least one integer")
+    return parts[0] if len(parts) == 1 else tuple(parts)
+
+
+def emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
+    if getattr(args, "json", False):
+        print(json.dumps(data))
+    else:
+        print(text)
+
+
+class Progress:
+    """A tqdm bar on stderr, fed by the API's ``progress(done, total)`` callbacks."""
+
+    def __init__(self, desc: str, quiet: bool = False):
+        self.desc, self.quiet, self.bar = desc, quiet, None
+
+    def __call__(self, done: int, total: int) -> None:
+        if self.quiet:
+            return
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, desc=self.desc, file=sys.stderr, leave=False,
+                            dynamic_ncols=True)
+        self.bar.total = total
+        self.bar.n = done
+        self.bar.refresh()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def add_common(p: argparse.ArgumentParser, device: bool = False, json_flag: bool = False) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    if device:
+        p.add_argument("--device", default="auto", help="auto|cpu|cuda|cuda:N|mps (default auto)")
+    if json_flag:
+        p.add_argument("--json", action="store_true", help="print one JSON document on stdout")
+
+
+def add_tiling(p: argparse.ArgumentParser, whole: bool = True) -> None:
+    if whole:
+        p.add_argument("--whole", action="store_true", help="one pass over the whole image")
+    p.add_argument("--tile", type=int_list, help="output tile size: N or a comma list per axis")
+    p.add_argument("--stitch", choices=["correct", "naive"], default="correct",
+                   help="correct: n*f^l tiles on the global f^l grid (default); naive: as asked")
+    p.add_argument("--pad", default="reflect", choices=["reflect", "symmetric", "edge", "zero"],
+                   help="how the image is padded at its borders (default reflect)")
+    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+                   help="mixed precision on CUDA")
+    p.add_argument("--channel-axis", type=int, default=None, help="channel axis of the image")
+
+
+def resolve_mode(args: argparse.Namespace) -> tuple[str, Any]:
+    """``--whole`` or ``--stitch`` + ``--tile`` as (mode, tile)."""
+    if getattr(args, "whole", False):
+        if args.tile is not None:
+            raise NSEError("--whole and --tile exclude each other")
+        return "whole", None
+    return args.stitch, args.tile

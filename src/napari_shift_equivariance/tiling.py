@@ -1,0 +1,180 @@
+"""Tile plans: which input box each tile reads and which output box it writes.
+
+Three modes:
+
+``correct``
+    Output tiles of ``n * f^l`` (the request rounded down, never below ``f^l``) with origins on
+    the global ``f^l`` grid anchored at the image origin. By Cor. 4 of Rumberger et al. the
+    stitched result *equals* one pass over the whole (padded) image.
+``naive``
+    Output tiles of exactly the requested size at multiples of that size, the way most tools
+    tile. When the request is no valid network output size the network runs at the next valid
+    size and the surplus is dropped. Tiles whose origin is off the ``f^l`` grid use other output
+    functions than their neighbours: seams.
+``whole``
+    One pass over the whole padded image.
+
+Every tile of a plan has the same input size, so tiles batch. Input boxes may extend beyond
+the image; the predictor fills those pixels by padding (reflect by default), identically for
+every mode, so that the modes differ only in how the image is cut.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import NSEError
+from .geometry import Coordinate, Roi, UNetGeometry, as_tuple, snap_down
+
+MODES = ("correct", "naive", "whole")
+DEFAULT_TILE = {2: 256, 3: 96}
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One tile: ``input_roi`` is read (image coordinates, may leave the image), the network
+    output's ``crop`` (relative to the network output) is written to ``output_roi``."""
+
+    index: tuple[int, ...]
+    input_roi: Roi
+    output_roi: Roi
+    crop: Roi
+
+    def to_dict(self) -> dict:
+        return {
+            "index": list(self.index),
+            "input": self.input_roi.to_list(),
+            "output": self.output_roi.to_list(),
+            "crop": self.crop.to_list(),
+        }
+
+
+@dataclass(frozen=True)
+class TilePlan:
+    mode: str
+    image_shape: Coordinate
+    requested: Coordinate | None
+    tile_shape: Coordinate
+    net_input: Coordinate
+    net_output: Coordinate
+    geometry: UNetGeometry
+    tiles: tuple[Tile, ...]
+
+    def __len__(self) -> int:
+        return len(self.tiles)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.image_shape)
+
+    def borders(self) -> list[list[int]]:
+        """Per axis, the coordinates ``p`` where a tile starts inside the image (seam between
+        ``p - 1`` and ``p``)."""
+        return [
+            sorted({t.output_roi.begin[a] for t in self.tiles} - {0})
+            for a in range(self.ndim)
+        ]
+
+    def border_mask(self, width: int = 1) -> np.ndarray:
+        """Bool mask of the pixels within ``width`` of a tile border (both sides)."""
+        mask = np.zeros(tuple(self.image_shape), dtype=bool)
+        for a, positions in enumerate(self.borders()):
+            for p in positions:
+                sl = [slice(None)] * self.ndim
+                sl[a] = slice(max(p - width, 0), p + width)
+                mask[tuple(sl)] = True
+        return mask
+
+    def on_grid(self, tile: Tile) -> bool:
+        """Whether the tile's origin lies on the global ``f^l`` grid."""
+        return all(b % g == 0 for b, g in zip(tile.output_roi.begin, self.geometry.grid))
+
+    @property
+    def efficiency(self) -> float:
+        """Output pixels written / network output pixels computed."""
+        computed = len(self.tiles) * self.net_output.prod()
+        return self.image_shape.prod() / computed if computed else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "mode": self.mode,
+            "image_shape": list(self.image_shape),
+            "requested_tile": list(self.requested) if self.requested is not None else None,
+            "tile_shape": list(self.tile_shape),
+            "net_input": list(self.net_input),
+            "net_output": list(self.net_output),
+            "grid": list(self.geometry.grid),
+            "context": list(self.geometry.context),
+            "n_tiles": len(self.tiles),
+            "tiles": [t.to_dict() for t in self.tiles],
+        }
+
+
+def default_tile(geometry: UNetGeometry) -> Coordinate:
+    """The default output tile: ``n * f^l`` close to 256 (2D) or 96 (3D) pixels per axis."""
+    want = DEFAULT_TILE[geometry.ndim]
+    return Coordinate(max(g, (want // g) * g) for g in geometry.grid)
+
+
+def plan_tiles(
+    image_shape: Sequence[int],
+    geometry: UNetGeometry,
+    tile: int | Sequence[int] | None = None,
+    mode: str = "correct",
+) -> TilePlan:
+    """Plan the tiles that cover an image of ``image_shape`` (spatial axes only)."""
+    if mode not in MODES:
+        raise NSEError(f"stitch mode must be one of {', '.join(MODES)}, got {mode!r}")
+    shape = Coordinate(image_shape)
+    if len(shape) != geometry.ndim:
+        raise NSEError(f"image has {len(shape)} spatial axes, the model needs {geometry.ndim}")
+    if any(s < 1 for s in shape):
+        raise NSEError(f"image is empty (shape {tuple(shape)})")
+    half = geometry.half_context
+    grid = geometry.grid
+
+    requested = None
+    if mode == "whole":
+        tile_shape = shape
+    else:
+        requested = Coordinate(
+            as_tuple(tile, geometry.ndim, "tile") if tile is not None else default_tile(geometry)
+        )
+        if any(t < 1 for t in requested):
+            raise NSEError(f"tile size must be positive, got {tuple(requested)}")
+        if mode == "correct":
+            if any(t < g for t, g in zip(requested, grid)):
+                raise NSEError(
+                    f"output tile {tuple(requested)} is below the grid f^l = {tuple(grid)}: "
+                    f"correct stitching needs tiles of n*f^l (e.g. {tuple(grid)})"
+                )
+            # a tile larger than the image gains nothing: one grid-aligned tile covers it
+            cover = Coordinate(-(-s // g) * g for s, g in zip(shape, grid))
+            tile_shape = Coordinate(min(t, c) for t, c in zip(snap_down(requested, grid), cover))
+        else:
+            tile_shape = Coordinate(min(t, s) for t, s in zip(requested, shape))
+
+    net_output = geometry.valid_output_above(tile_shape)
+    net_input = net_output + geometry.context
+    starts = [range(0, s, t) for s, t in zip(shape, tile_shape)]
+    tiles = []
+    for index, origin in zip(
+        itertools.product(*(range(len(r)) for r in starts)), itertools.product(*starts)
+    ):
+        origin = Coordinate(origin)
+        out_shape = Coordinate(min(t, s - o) for t, s, o in zip(tile_shape, shape, origin))
+        tiles.append(
+            Tile(
+                index=tuple(index),
+                input_roi=Roi(origin - half, net_input),
+                output_roi=Roi(origin, out_shape),
+                crop=Roi([0] * len(shape), out_shape),
+            )
+        )
+    return TilePlan(
+        mode, shape, requested, tile_shape, net_input, net_output, geometry, tuple(tiles)
+    )

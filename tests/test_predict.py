@@ -1,0 +1,176 @@
+"""Cor. 4 as tests: correct tile-and-stitch equals the whole-image pass; naive does not."""
+
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_shift_equivariance.errors import Cancelled, NSEError
+from napari_shift_equivariance.model import ModelConfig, build_model
+from napari_shift_equivariance.predict import Predictor, axis_layout, predict
+
+
+def _model(ndim, depth, factor, upsampling="learnt", **kw):
+    cfg = ModelConfig(ndim=ndim, depth=depth, factor=factor, upsampling=upsampling,
+                      base_channels=kw.pop("base_channels", 4), embedding_dim=3, **kw)
+    return build_model(cfg, seed=0)
+
+
+def _image(shape, seed=0):
+    return np.random.default_rng(seed).random(shape).astype(np.float32)
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+CASES = [
+    # ndim, depth, factor, upsampling, image shape (multiples of nothing), tile sizes
+    (2, 1, 2, "learnt", (37, 53), [6, 10]),
+    (2, 2, 2, "nearest", (61, 45), [4, 12, 20]),
+    (2, 3, 2, "learnt", (77, 91), [8, 24, 40]),
+    (2, 2, 3, "nearest", (50, 61), [9, 18, 27]),
+    (2, 3, 2, "nearest", (77, 91), [16]),
+    (3, 1, 2, "nearest", (13, 17, 19), [4, 6]),
+    (3, 2, 2, "learnt", (19, 23, 21), [8, 12]),
+    (3, 2, (1, 2, 2), "learnt", (7, 23, 21), [(3, 4, 4), (2, 8, 12)]),
+]
+
+
+@pytest.mark.parametrize("ndim, depth, factor, up, shape, tiles", CASES)
+def test_correct_equals_whole(ndim, depth, factor, up, shape, tiles):
+    model = _model(ndim, depth, factor, up)
+    img = _image(shape)
+    whole = predict(model, img, "whole", device="cpu")
+    assert whole.shape == (4, *shape)
+    for tile in tiles:
+        tiled = predict(model, img, "correct", tile, device="cpu", batch_size=8)
+        assert _rel(tiled, whole) <= 1e-5, tile
+
+
+@pytest.mark.parametrize("up", ["learnt", "nearest"])
+@pytest.mark.parametrize("ndim, depth, shape, tile", [(2, 3, (77, 91), 12), (2, 2, (50, 45), 6),
+                                                      (3, 2, (19, 23, 21), 10)])
+def test_naive_seams(up, ndim, depth, shape, tile):
+    model = _model(ndim, depth, 2, up)
+    img = _image(shape, 1)
+    whole = predict(model, img, "whole", device="cpu")
+    naive = predict(model, img, "naive", tile, device="cpu")
+    plan = Predictor(model, "cpu").plan(shape, "naive", tile)
+    scale = np.abs(whole).max()
+    on, off = [], []
+    for t in plan.tiles:
+        sl = (slice(None), *t.output_roi.to_slices())
+        (on if plan.on_grid(t) else off).append(np.abs(naive[sl] - whole[sl]).max() / scale)
+    assert on and off
+    assert max(on) <= 1e-5  # tiles whose origin is on the f^l grid are exact
+    assert min(off) > 1e-3  # every off-grid tile differs from the whole-image pass
+
+
+@pytest.mark.parametrize("ndim, depth, factor", [(2, 2, 2), (2, 1, 3), (3, 1, 2)])
+def test_periodic_shift_equivariance(ndim, depth, factor):
+    model = _model(ndim, depth, factor, normalization={"kind": "none"})
+    g = model.config.geometry
+    size = g.input_size(3 * g.grid[0])
+    img = torch.from_numpy(_image(tuple(size + g.grid)))[None, None]
+    with torch.inference_mode():
+        base = model(img[(..., *[slice(0, s) for s in size])])
+        grid = g.grid
+        shifted = model(img[(..., *[slice(gg, gg + s) for gg, s in zip(grid, size)])])
+        off_by_one = model(img[(..., *[slice(1, 1 + s) for s in size])])
+    # shifting the input by f^l shifts the output by f^l ...
+    inner = (..., *[slice(gg, None) for gg in grid])
+    inner_s = (..., *[slice(0, -gg) for gg in grid])
+    assert torch.allclose(base[inner], shifted[inner_s], atol=1e-5)
+    # ... but a shift by 1 is not equivariance: the output functions change
+    one = (..., *[slice(1, None)] * ndim)
+    one_s = (..., *[slice(0, -1)] * ndim)
+    assert not torch.allclose(base[one], off_by_one[one_s], atol=1e-3)
+
+
+def test_plane_by_plane_and_channels():
+    model = _model(2, 2, 2)
+    stack = _image((3, 30, 34))
+    out = predict(model, stack, "correct", 8, device="cpu")
+    assert out.shape == (4, 3, 30, 34)
+    # each plane equals predicting that plane on its own with the stack's normalisation
+    cfg = ModelConfig(ndim=2, depth=2, factor=2, base_channels=4, embedding_dim=3,
+                      in_channels=2)
+    m2 = build_model(cfg, seed=0)
+    img = _image((2, 30, 34))
+    a = predict(m2, img, "whole", device="cpu")
+    b = predict(m2, np.moveaxis(img, 0, -1), "whole", device="cpu")
+    np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+def test_foreground_channel_is_probability():
+    out = predict(_model(2, 2, 2), _image((30, 30)), "whole", device="cpu")
+    assert out[-1].min() >= 0 and out[-1].max() <= 1
+
+
+def test_lazy_input_reads_and_zarr_output(tmp_path):
+    zarr = pytest.importorskip("zarr")
+    model = _model(2, 2, 2)
+    img = _image((45, 50))
+    src = zarr.open_array(str(tmp_path / "in.zarr"), mode="w", shape=img.shape,
+                          chunks=(16, 16), dtype="f4")
+    src[...] = img
+    out = zarr.open_array(str(tmp_path / "out.zarr"), mode="w", shape=(4, 45, 50),
+                          chunks=(4, 16, 16), dtype="f4")
+    predict(model, src, "correct", 16, device="cpu", out=out)
+    whole = predict(model, img, "whole", device="cpu")
+    assert _rel(out[...], whole) <= 1e-5
+
+
+def test_progress_and_cancel():
+    model = _model(2, 2, 2)
+    img = _image((40, 40))
+    calls = []
+    predict(model, img, "correct", 8, device="cpu", batch_size=2,
+            progress=lambda d, t: calls.append((d, t)))
+    assert calls[0] == (0, 25) and calls[-1] == (25, 25)
+    stop = threading.Event()
+    seen = []
+
+    def progress(done, total):
+        seen.append(done)
+        if done >= 4:
+            stop.set()
+
+    with pytest.raises(Cancelled):
+        predict(model, img, "correct", 8, device="cpu", batch_size=2, progress=progress,
+                cancel=stop)
+    assert max(seen) < 25
+
+
+@pytest.mark.parametrize(
+    "image, match",
+    [(np.full((30, 30), np.nan, np.float32), "NaN"),
+     (np.zeros((0, 30), np.float32), "empty"),
+     (np.array([["a"] * 30] * 30), "dtype"),
+     (np.zeros((2, 2, 2, 30, 30), np.float32), "axes"),
+     (np.zeros((30,), np.float32), "fewer")],
+)
+def test_bad_images(image, match):
+    with pytest.raises(NSEError, match=match):
+        predict(_model(2, 2, 2), image, "correct", 8, device="cpu")
+
+
+def test_axis_layout():
+    lay = axis_layout((5, 2, 30, 40), 2, in_channels=2)
+    assert lay.leading == (0,) and lay.channel == 1 and lay.spatial == (2, 3)
+    with pytest.raises(NSEError):
+        axis_layout((5, 30, 40), 2, in_channels=2)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu():
+    model = _model(2, 3, 2)
+    img = _image((77, 91))
+    cpu = predict(model, img, "correct", 16, device="cpu")
+    gpu = predict(model, img, "correct", 16, device="cuda")
+    assert _rel(gpu, cpu) <= 1e-4
+    bf16 = predict(model, img, "correct", 16, device="cuda", amp="bf16")
+    assert _rel(bf16, cpu) <= 5e-2
