@@ -81,7 +81,7 @@ def test_bad_requests():
 
 
 def test_default_tile_is_multiple_of_grid():
-    assert default_tile(G) == (256, 256)
+    assert default_tile(G) == (512, 512)
     g = UNetGeometry.create(3, 3, 3)  # grid 27
     assert all(t % 27 == 0 for t in default_tile(g))
 
