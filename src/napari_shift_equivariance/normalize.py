@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -12,26 +13,60 @@ from .errors import NSEError
 DEFAULT = {"kind": "percentile", "low": 1.0, "high": 99.8}
 
 
-def subsample(array: Any, max_samples: int = 2_000_000) -> np.ndarray:
-    """A strided view of at most about ``max_samples`` pixels (reads little of a lazy array)."""
-    shape = array.shape
-    n = math.prod(shape)
-    if n <= max_samples:
-        return np.asarray(array[...])
-    step = max(1, int(math.ceil((n / max_samples) ** (1 / len(shape)))))
-    return np.asarray(array[tuple(slice(None, None, step) for _ in shape)])
+def _strides_for(shape: Sequence[int], max_samples: int) -> list[int]:
+    """Per-axis steps so that the strided grid holds at most ``max_samples`` points;
+    the longest remaining axis is thinned first, so the sample stays spread out."""
+    steps = [1] * len(shape)
+    while math.prod(math.ceil(s / st) for s, st in zip(shape, steps)) > max_samples:
+        lengths = [math.ceil(s / st) for s, st in zip(shape, steps)]
+        i = int(np.argmax(lengths))
+        steps[i] += 1
+    return steps
 
 
-def percentiles(array: Any, low: float = 1.0, high: float = 99.8,
-                max_samples: int = 2_000_000) -> tuple[float, float]:
-    """``(lo, hi)`` intensity percentiles of an image (subsampled when large)."""
-    if not 0 <= low < high <= 100:
-        raise NSEError(f"percentiles need 0 <= low < high <= 100, got {low}, {high}")
-    sample = subsample(array, max_samples).astype(np.float64, copy=False)
-    if sample.dtype.kind == "f" and not np.isfinite(sample).all():
-        raise NSEError("image contains NaN or infinite values; fix or mask them first")
-    lo, hi = np.percentile(sample, [low, high])
+def percentiles(
+    image: Any, low: float = 1.0, high: float = 99.8, max_samples: int = 2_000_000,
+    rng: np.random.Generator | None = None,
+) -> tuple[float, float]:
+    """``(lo, hi)`` intensity percentiles of an image.
+
+    Large images (numpy, zarr, dask: anything sliceable with steps) are read on a strided
+    grid of at most ``max_samples`` pixels. The grid starts at a random phase on each axis
+    (from ``rng``, default seed 0) so that it does not lock onto periodic structure.
+    NaNs are ignored.
+    """
+    if not 0.0 <= low < high <= 100.0:
+        raise NSEError(f"percentiles need 0 <= low < high <= 100, got {low} and {high}")
+    shape = tuple(image.shape)
+    if math.prod(shape) == 0:
+        raise NSEError("cannot compute percentiles of an empty image")
+    if math.prod(shape) <= max_samples:
+        sample = np.asarray(image)
+    else:
+        rng = np.random.default_rng(0) if rng is None else rng
+        steps = _strides_for(shape, max_samples)
+        index = tuple(slice(int(rng.integers(st)), None, st) for st in steps)
+        sample = np.asarray(image[index])
+    sample = sample.astype(np.float64, copy=False)
+    lo, hi = np.nanpercentile(sample, [low, high])
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        raise NSEError("image has no finite values to normalise")
     return float(lo), float(hi)
+
+
+def percentile_normalize(
+    image: Any, low: float = 1.0, high: float = 99.8, eps: float = 1e-6, *,
+    max_samples: int = 2_000_000, rng: np.random.Generator | None = None,
+) -> np.ndarray:
+    """Map the ``low`` / ``high`` percentiles to 0 / 1 (values outside are not clipped).
+
+    Returns float32. For lazy arrays that do not fit in memory, call :func:`percentiles`
+    once and apply ``(x - lo) / (hi - lo + eps)`` per block instead.
+    """
+    lo, hi = percentiles(image, low, high, max_samples=max_samples, rng=rng)
+    out = np.asarray(image, dtype=np.float32) - np.float32(lo)
+    out /= np.float32(hi - lo + eps)
+    return out
 
 
 def normalization_params(array: Any, spec: dict | None) -> tuple[float, float]:

@@ -20,19 +20,9 @@ import numpy as np
 import torch
 from torch import nn
 
+from .data import cantor_image
 from .geometry import Coordinate
 from .model import ConvBlock, ModelConfig, UNet, Upsample
-
-
-def cantor_image(shape: Sequence[int]) -> np.ndarray:
-    """Rank of each position in the Cantor diagonal ordering: by coordinate sum, then by the
-    coordinates lexicographically. Strictly increasing in that ordering (float64)."""
-    coords = np.indices(shape).reshape(len(shape), -1)
-    keys = [coords[k] for k in reversed(range(len(shape)))] + [coords.sum(0)]
-    order = np.lexsort(keys)
-    rank = np.empty(order.size, dtype=np.float64)
-    rank[order] = np.arange(order.size)
-    return rank.reshape(shape)
 
 
 def first_primes(n: int) -> list[int]:
