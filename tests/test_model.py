@@ -79,10 +79,14 @@ def test_bad_configs(kwargs):
 
 
 def test_devices():
-    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type in ("cpu", "cuda", "mps")
-    with pytest.raises(NSEError):
-        resolve_device("tpu")
+    for bad in ["tpu", "cuda:x", "cuda:99"]:
+        with pytest.raises(NSEError):
+            resolve_device(bad)
     if not torch.cuda.is_available():
-        with pytest.raises(NSEError, match="CUDA is not available"):
+        with pytest.raises(NSEError, match="not available"):
             resolve_device("cuda:0")
+    if not (hasattr(torch.backends, "mps") and torch.backends.mps.is_available()):
+        with pytest.raises(NSEError, match="not available"):
+            resolve_device("mps")

@@ -265,30 +265,41 @@ def load_model(spec: str | os.PathLike | UNet, device: str | torch.device = "cpu
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
-    """``auto`` picks cuda > mps > cpu; an unavailable device is an error."""
+    """The torch device for ``"auto"`` (cuda > mps > cpu), ``"cpu"``, ``"cuda[:N]"`` or ``"mps"``.
+
+    Raises :class:`NSEError` when the device is unknown or not available here.
+    """
     if isinstance(device, torch.device):
-        return device
-    d = str(device).lower()
-    if d == "auto":
+        device = str(device)
+    name = str(device).strip().lower()
+    if name == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+        if _mps_available():
             return torch.device("mps")
         return torch.device("cpu")
-    if d == "cpu":
+    if name == "cpu":
         return torch.device("cpu")
-    if d.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise NSEError(f"device {device!r} requested but CUDA is not available here")
-        dev = torch.device(d)
-        if dev.index is not None and dev.index >= torch.cuda.device_count():
-            raise NSEError(f"device {device!r}: only {torch.cuda.device_count()} CUDA device(s)")
-        return dev
-    if d == "mps":
-        if not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
-            raise NSEError("device 'mps' requested but MPS is not available here")
+    if name == "mps":
+        if not _mps_available():
+            raise NSEError("device 'mps' is not available on this machine")
         return torch.device("mps")
-    raise NSEError(f"unknown device {device!r}; use auto, cpu, cuda, cuda:N or mps")
+    if name == "cuda" or name.startswith("cuda:"):
+        index = name[5:]
+        if index and not index.isdigit():
+            raise NSEError(f"bad device {device!r}: use cuda or cuda:N")
+        if not torch.cuda.is_available():
+            raise NSEError(f"device {device!r} is not available: no CUDA GPU found")
+        if index and int(index) >= torch.cuda.device_count():
+            raise NSEError(f"device {device!r} is not available: "
+                           f"{torch.cuda.device_count()} CUDA device(s) found")
+        return torch.device(name)
+    raise NSEError(f"unknown device {device!r}: use auto, cpu, cuda, cuda:N or mps")
+
+
+def _mps_available() -> bool:
+    backend = getattr(torch.backends, "mps", None)
+    return bool(backend is not None and backend.is_available())
 
 
 def available_devices() -> list[str]:
@@ -296,6 +307,6 @@ def available_devices() -> list[str]:
     out = ["auto", "cpu"]
     if torch.cuda.is_available():
         out.insert(1, "cuda")
-    if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+    if _mps_available():
         out.insert(1, "mps")
     return out
