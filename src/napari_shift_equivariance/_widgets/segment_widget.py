@@ -1,0 +1,614 @@
+"""The Segment dock: model and geometry, tile-grid preview, segmentation, naive/correct compare.
+
+Thin by design: plans come from :func:`tiling.plan_tiles`, results from :func:`segment.segment`
+and :func:`compare.compare`, run in a thread worker; this module only turns them into layers.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from magicgui.widgets import (
+    CheckBox,
+    ComboBox,
+    Container,
+    FileEdit,
+    FloatSpinBox,
+    PushButton,
+    SpinBox,
+)
+from napari.utils.colormaps import DirectLabelColormap
+
+from ..errors import NSEError
+from ..geometry import MAX_DEPTH, MAX_FACTOR, UNetGeometry
+from ..model import (
+    ModelConfig,
+    UNet,
+    available_devices,
+    build_model,
+    default_model_path,
+    load_model,
+)
+from ..tiling import TilePlan, default_tile, plan_tiles
+from ._common import (
+    ImageInput,
+    WrapLabel,
+    activity_progress,
+    collapsible,
+    image_choices,
+    image_input,
+    insert_after,
+    notify,
+    report_error,
+    tile_label,
+)
+from ._display import embedding_rgb
+from ._layers import ResultLayers
+from ._registry import REGISTRY, connect_while_alive
+from ._worker import Job, detach_on_close
+
+RANDOM = "random"
+FILE = "file"
+STITCH = ("correct", "naive", "both")
+VIEWS = ("naive", "correct", "side by side")
+ON_GRID = "#3ddc84"
+OFF_GRID = "#ff9f1a"
+CONTEXT = "#9aa0a6"
+SPLIT = "#ff2bd6"  # outlines of the objects split only by naive stitching
+#: a random-weights model for grid previews and experiments before any model is trained
+RANDOM_CONFIG = {"base_channels": 16, "embedding_dim": 8}
+
+
+def _lcm(values: Any) -> int:
+    return math.lcm(*(int(v) for v in values))
+
+
+def model_choices(_widget: Any = None) -> list[tuple[str, str]]:
+    """(label, value) pairs: bundled defaults, models trained this session, a file, random."""
+    out = []
+    for nd in (2, 3):
+        if default_model_path(nd).exists():
+            out.append((f"default {nd}D (bundled)", f"default:{nd}"))
+    out += [(f"{name} (trained here)", f"registry:{name}") for name in reversed(REGISTRY.names())]
+    out.append(("model file…", FILE))
+    out.append(("untrained: choose l and f (random weights)", RANDOM))
+    return out
+
+
+def tile_rectangles(plan: TilePlan, context: bool = False) -> tuple[list[np.ndarray], list[bool]]:
+    """Rectangles (napari corner form, pixel edges) of the tiles' output boxes (or input boxes
+    with ``context``) in the last two spatial axes; tiles of a 3D plan that share a footprint
+    give one rectangle. Also whether each tile's origin lies on the global ``f^l`` grid."""
+    rects: dict[tuple, tuple[np.ndarray, bool]] = {}
+    for t in plan.tiles:
+        roi = t.input_roi if context else t.output_roi
+        b, e = roi.begin[-2:], roi.end[-2:]
+        key = (*b, *e)
+        on = plan.on_grid(t)
+        if key not in rects:
+            rects[key] = (np.array([[b[0] - 0.5, b[1] - 0.5], [e[0] - 0.5, e[1] - 0.5]]), on)
+        elif not on:
+            rects[key] = (rects[key][0], False)
+    values = list(rects.values())
+    return [r for r, _ in values], [on for _, on in values]
+
+
+class SegmentWidget(Container):
+    """Segment an image layer with tile-and-stitch; preview tiles; compare naive vs correct."""
+
+    def __init__(self, napari_viewer: Any) -> None:
+        super().__init__(labels=True)
+        self.viewer = napari_viewer
+        self.results = ResultLayers(napari_viewer)
+        self.job: Job | None = None
+        self.last_result: Any = None
+        self._models: dict[Any, UNet] = {}
+        self._hidden_for_grid: dict[int, tuple[Any, bool]] = {}
+
+        self.image = ComboBox(label="Image", choices=lambda _w: image_choices(self.viewer),
+                              nullable=False)
+        self.model = ComboBox(label="Model", choices=model_choices)
+        self.model_file = FileEdit(label="Model file", mode="r", filter="*.pt", visible=False)
+        self.ndim = ComboBox(label="Dimensions", choices=[2, 3], value=2)
+        self.depth = SpinBox(label="Depth l", min=1, max=MAX_DEPTH, value=3)
+        self.factor = SpinBox(label="Pooling factor f", min=2, max=MAX_FACTOR, value=2)
+        self.geometry_info = WrapLabel(label="Geometry")
+        self.stitch = ComboBox(label="Stitching", choices=list(STITCH), value="correct")
+        self.tile = SpinBox(label="Output tile", min=1, max=8192, value=256)
+        self.tile_info = WrapLabel(label="")
+        self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
+        self.bandwidth = FloatSpinBox(label="Bandwidth", min=0.0, max=100.0, step=0.05,
+                                      value=0.0, tooltip="mean-shift bandwidth; 0 = from the "
+                                      "model's loss margins")
+        self.fg_threshold = FloatSpinBox(label="Foreground >", min=0.01, max=0.99, step=0.05,
+                                         value=0.5)
+        self.min_size = SpinBox(label="Min size (px)", min=0, max=100_000, value=0,
+                                tooltip="smaller objects become background (0 = keep all)")
+        self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0)
+        self.batch_size = SpinBox(label="Batch (tiles)", min=1, max=256, value=4)
+        self.raw_channels = CheckBox(text="also add raw embedding channels", value=False)
+        self.context_boxes = CheckBox(text="preview: also show context (input) boxes",
+                                      value=False)
+        self.napari_progress = CheckBox(text="progress in napari's activity bar", value=True,
+                                        tooltip="its busy animation costs CPU with software "
+                                        "OpenGL (remote desktops)")
+        self.preview_btn = PushButton(text="Preview tile grid")
+        self.segment_btn = PushButton(text="Segment")
+        self.cancel_btn = PushButton(text="Cancel", enabled=False)
+        self.status = WrapLabel(value="ready", lines=3)
+        self.splits = WrapLabel(value="Seam splits: run with stitching 'both'", lines=2)
+        self.view = ComboBox(label="Compare view", choices=list(VIEWS), value="correct",
+                             visible=False)
+        self.extend([
+            self.image, self.model, self.model_file, self.ndim, self.depth, self.factor,
+            self.geometry_info, self.stitch, self.tile, self.tile_info, self.device,
+        ])
+        self.options_w = Container(widgets=[
+            self.bandwidth, self.fg_threshold, self.min_size, self.seed, self.batch_size,
+            self.raw_channels, self.context_boxes, self.napari_progress,
+        ])
+        buttons = Container(widgets=[self.preview_btn, self.segment_btn, self.cancel_btn],
+                            layout="horizontal", labels=False)
+        buttons.margins = (0, 0, 0, 0)
+        # full-width rows below the form (no label column)
+        self.footer = Container(widgets=[buttons, self.status, self.splits,
+                                         Container(widgets=[self.view])], labels=False)
+        self.footer.margins = (0, 0, 0, 0)
+        # raw Qt pieces go in last: magicgui counts only its own widgets when inserting
+        self.options_box = collapsible("Clustering and display options", self.options_w)
+        insert_after(self, self.device, self.options_box)
+        self.native.layout().addWidget(self.footer.native)
+        self.native.layout().addStretch(1)  # spare height goes below the form
+
+        self.model.changed.connect(self._on_model_changed)
+        self.model_file.changed.connect(self._on_model_changed)
+        for w in (self.ndim, self.depth, self.factor):
+            w.changed.connect(self._on_geometry_changed)
+        self.stitch.changed.connect(self._on_stitch_changed)
+        self.tile.changed.connect(self._on_tile_changed)
+        self.preview_btn.changed.connect(self.preview)
+        self.segment_btn.changed.connect(self.run)
+        self.cancel_btn.changed.connect(self.cancel)
+        self.view.changed.connect(self._apply_view)
+        connect_while_alive(self, REGISTRY.changed, self._on_registry_changed)
+        detach_on_close(self)
+        first = model_choices()[0][1]
+        self.model.value = RANDOM if first == FILE else first
+        self._on_model_changed()
+        self.tile.value = int(default_tile(self.geometry_or_none() or self._form_geometry())[0])
+        self._on_stitch_changed()
+
+    # -- model and geometry ------------------------------------------------------------
+    def _form_geometry(self) -> UNetGeometry:
+        return UNetGeometry.create(int(self.ndim.value), int(self.depth.value),
+                                   int(self.factor.value))
+
+    def geometry_or_none(self) -> UNetGeometry | None:
+        try:
+            model = self.current_model(build=False)
+        except NSEError:
+            return None
+        return model.config.geometry if model is not None else self._form_geometry()
+
+    def current_model(self, build: bool = True) -> UNet | None:
+        """The chosen model (loaded once, then cached). For 'random' with ``build=False``:
+        ``None`` (its geometry is the form's)."""
+        source = self.model.value
+        if source == RANDOM:
+            key = (RANDOM, int(self.ndim.value), int(self.depth.value), int(self.factor.value),
+                   int(self.seed.value))
+            if not build:
+                return None
+            if key not in self._models:
+                config = ModelConfig(ndim=key[1], depth=key[2], factor=key[3], **RANDOM_CONFIG)
+                self._models[key] = build_model(config, seed=key[4])
+            return self._models[key]
+        if source is None:
+            raise NSEError("choose a model")
+        if source.startswith("registry:"):
+            name = source.split(":", 1)[1]
+            if name not in REGISTRY:
+                raise NSEError(f"model {name!r} is no longer available")
+            return REGISTRY.get(name)
+        if source.startswith("default:"):
+            nd = int(source.split(":")[1])
+            key = ("default", nd)
+            if key not in self._models:
+                self._models[key] = load_model("default", ndim=nd)
+            return self._models[key]
+        path = Path(self.model_file.value)
+        if not str(self.model_file.value) or str(self.model_file.value) == "." or path.is_dir():
+            raise NSEError("choose a model file (.pt)")
+        if not path.exists():
+            raise NSEError(f"model file {path} does not exist")
+        key = (FILE, str(path.resolve()), path.stat().st_mtime_ns)
+        if key not in self._models:
+            self._models[key] = load_model(path)
+        return self._models[key]
+
+    def _on_model_changed(self, *_: Any) -> None:
+        source = self.model.value
+        self.model_file.visible = source == FILE
+        free = source == RANDOM
+        for w in (self.ndim, self.depth, self.factor):
+            w.enabled = free
+        try:
+            model = self.current_model(build=False)
+        except NSEError as exc:
+            self.geometry_info.value = str(exc)
+            if source == FILE and str(self.model_file.value) not in ("", "."):
+                report_error(exc, "loading the model")
+            return
+        if model is not None:
+            cfg = model.config
+            with _blocked(self.ndim, self.depth, self.factor):
+                self.ndim.value = cfg.ndim
+                self.depth.value = cfg.depth
+                self.factor.value = max(cfg.factor)
+        self._on_geometry_changed()
+
+    def _on_geometry_changed(self, *_: Any) -> None:
+        geo = self.geometry_or_none()
+        if geo is None:
+            return
+        if self.model.value == RANDOM:
+            REGISTRY.geometry_chosen.emit(geo.ndim, geo.depth, max(geo.factor))
+        self.geometry_info.value = describe_geometry(geo)
+        self._on_stitch_changed()
+
+    def _on_registry_changed(self, name: str) -> None:
+        self.model.reset_choices()
+        if name and f"registry:{name}" in [v for _, v in model_choices()]:
+            self.model.value = f"registry:{name}"
+
+    # -- tile size ---------------------------------------------------------------------
+    def _grid_step(self) -> int:
+        geo = self.geometry_or_none()
+        return _lcm(geo.grid) if geo is not None else 1
+
+    def _on_stitch_changed(self, *_: Any) -> None:
+        step = self._grid_step()
+        correct = self.stitch.value == "correct"
+        self.tile.step = step if correct else 1
+        self.tile.min = step if correct else 1
+        self._on_tile_changed()
+
+    def _on_tile_changed(self, *_: Any) -> None:
+        step = self._grid_step()
+        value = int(self.tile.value)
+        if self.stitch.value == "correct" and value % step:
+            self.tile.value = max(step, value // step * step)  # re-enters with a valid value
+            return
+        snapped = max(step, value // step * step)
+        if self.stitch.value == "correct":
+            self.tile_info.value = f"{value} = {value // step}·{step} (n·f^l): exact stitching"
+        elif value % step:
+            self.tile_info.value = (f"{value} is off the f^l = {step} grid: naive tiles make "
+                                    f"seams" + (f"; correct uses {snapped}"
+                                                if self.stitch.value == "both" else ""))
+        else:
+            self.tile_info.value = (f"{value} is a multiple of f^l = {step}: naive tiles stay "
+                                    f"on the grid (no seams); pick another size to see them")
+
+    # -- inputs ------------------------------------------------------------------------
+    def _input(self, model: UNet | None) -> tuple[Any, ImageInput]:
+        layer = self.image.value
+        if layer is None:
+            raise NSEError("add an image layer first (File ▸ Open Sample ▸ "
+                           "Shift-Equivariant Segmentation has some)")
+        cfg = model.config if model is not None else None
+        ndim = cfg.ndim if cfg else int(self.ndim.value)
+        return layer, image_input(layer, ndim, cfg.in_channels if cfg else 1)
+
+    def _modes(self) -> list[str]:
+        return ["naive", "correct"] if self.stitch.value == "both" else [self.stitch.value]
+
+    # -- preview -----------------------------------------------------------------------
+    def preview(self, *_: Any) -> list[Any]:
+        """Add or update the tile-grid Shapes layer(s) for the current settings."""
+        try:
+            geo = self.geometry_or_none()
+            model = self.current_model(build=False)
+            if geo is None:
+                raise NSEError("choose a model first")
+            layer, inp = self._input(model)
+            spatial = inp.result_shape[-geo.ndim:]
+            out, notes = [], []
+            for key, lyr in self.results.items():  # one grid at a time, unless comparing
+                if key[0] == layer.name and key[1] in ("grid", "context"):
+                    lyr.visible = key[2] in self._modes()
+            for mode in self._modes():
+                plan = plan_tiles(spatial, geo, int(self.tile.value), mode)
+                out.append(self._grid_layer(layer, inp, plan))
+                if self.context_boxes.value:
+                    self._grid_layer(layer, inp, plan, context=True)
+                else:
+                    self.results.remove((layer.name, "context", mode))
+                off = sum(not plan.on_grid(t) for t in plan.tiles)
+                notes.append(f"{mode}: {len(plan)} tiles of {tile_label(plan.tile_shape)}"
+                             + (f", {off} off the f^l grid" if off else ""))
+        except NSEError as exc:
+            report_error(exc, "preview")
+            return []
+        self.status.value = "\n".join(notes)
+        return out
+
+    def _grid_layer(self, layer: Any, inp: ImageInput, plan: TilePlan,
+                    context: bool = False) -> Any:
+        rects, on_grid = tile_rectangles(plan, context)
+        role = "context" if context else "grid"
+        colors = [CONTEXT if context else (ON_GRID if on else OFF_GRID) for on in on_grid]
+        width = max(1.0, max(plan.image_shape[-2:]) / 256)
+        name = (f"{layer.name} tile {'context' if context else 'grid'} "
+                f"[{plan.mode} {tile_label(plan.tile_shape)}]")
+        return self.results.put(
+            (layer.name, role, plan.mode), "shapes", rects, name,
+            info={"mode": plan.mode, "tile": list(plan.tile_shape), "n_tiles": len(plan)},
+            shape_type="rectangle", edge_color=colors, face_color="transparent",
+            edge_width=width * (0.5 if context else 1.0), opacity=0.6 if context else 1.0,
+            features={"on_grid": on_grid}, scale=inp.scale[-2:], translate=inp.translate[-2:],
+        )
+
+    # -- segmentation ------------------------------------------------------------------
+    def run(self, *_: Any) -> Job | None:
+        """Start segmenting in a worker thread; returns the job (None if nothing started)."""
+        if self.job is not None and self.job.running:
+            notify("a segmentation is already running")
+            return None
+        try:
+            model = self.current_model()
+            layer, inp = self._input(model)
+            options = self._options()
+            # plan now so that a bad tile size fails here with a message, not in the thread
+            for mode in self._modes():
+                plan_tiles(inp.result_shape[-model.config.ndim:], model.config.geometry,
+                           int(self.tile.value), mode)
+        except NSEError as exc:
+            report_error(exc, "segmentation")
+            return None
+        stitch, tile, raw = self.stitch.value, int(self.tile.value), bool(self.raw_channels.value)
+        pbar = activity_progress(bool(self.napari_progress.value), 0, "segment: starting")
+
+        def work(report, cancel):
+            def progress(stage: str, done: int, total: int) -> None:
+                report((stage, done, total), force=done in (0, total))
+            kw = dict(options, channel_axis=inp.channel_axis, progress=progress,
+                      cancel=cancel.is_set)
+            if stitch == "both":
+                from ..compare import compare
+
+                result = compare(model, inp.data, tile, **kw)
+                runs = {"naive": result.naive, "correct": result.correct}
+            else:
+                from ..segment import segment
+
+                result = segment(model, inp.data, stitch, tile, **kw)
+                runs = {stitch: result}
+            report(("display", 0, 1), force=True)
+            shown = {m: _display_arrays(r, raw, model.config.ndim) for m, r in runs.items()}
+            return result, runs, shown
+
+        def done(status: str, value: Any) -> Iterator[None] | None:
+            current["finished"] = True
+            pbar.close()
+            self._set_running(False)
+            if status == "ok":
+                return self._show(layer, inp, stitch, *value)
+            elif status == "cancelled":
+                self.status.value = "cancelled"
+                notify("segmentation cancelled")
+            else:
+                self.status.value = f"failed: {value}"
+                report_error(value, "segmentation")
+
+        current: dict[str, Any] = {"stage": None, "finished": False}
+
+        def on_progress(payload: tuple[str, int, int]) -> None:
+            # napari's progress bar processes events when updated: this can be re-entered,
+            # and a late report must not overwrite the final state (pbar is updated last)
+            if current["finished"]:
+                return
+            stage, n, total = payload
+            unit = {"predict": "tiles", "cluster": "planes"}.get(stage.split()[-1], "")
+            self.status.value = f"{stage} {n}/{total} {unit}".strip()
+            if pbar.total != total or current["stage"] != stage:
+                current["stage"] = stage
+                pbar.reset(total=total)
+                pbar.set_description(f"segment: {stage}")
+            pbar.update(n - pbar.n)
+
+        self.job = Job(work, done, on_progress)
+        pbar.cancel_callback = self.job.cancel.set
+        self._set_running(True)
+        self.status.value = "starting…"
+        self.job.start()
+        return self.job
+
+    def cancel(self, *_: Any) -> None:
+        """Ask the running job to stop (between batches of tiles)."""
+        if self.job is not None and self.job.running:
+            self.job.cancel.set()
+            self.status.value = "cancelling…"
+
+    def _options(self) -> dict[str, Any]:
+        bw = float(self.bandwidth.value)
+        return {
+            "bandwidth": bw if bw > 0 else None,
+            "fg_threshold": float(self.fg_threshold.value),
+            "min_size": int(self.min_size.value),
+            "seed": int(self.seed.value),
+            "device": str(self.device.value),
+            "batch_size": int(self.batch_size.value),
+        }
+
+    def _set_running(self, running: bool) -> None:
+        self.segment_btn.enabled = not running
+        self.preview_btn.enabled = not running
+        self.cancel_btn.enabled = running
+
+    # -- results -----------------------------------------------------------------------
+    def _show(self, layer: Any, inp: ImageInput, stitch: str, result: Any,
+              runs: dict[str, Any], shown: dict[str, dict]) -> Iterator[None]:
+        """Put the results on layers, one layer per event-loop turn (see ``Job``)."""
+        self._leave_side_by_side()
+        self.status.value = "adding result layers…"
+        made: dict[str, dict[str, Any]] = {}
+        for mode, r in runs.items():
+            made[mode] = {}
+            yield from self._result_layers(layer, inp, mode, r, shown[mode], made[mode])
+        notes = [f"{m}: {r.info.get('n_instances', '?')} objects, {r.info.get('n_tiles')} "
+                 f"tiles, {_seconds(r.info)}" for m, r in runs.items()]
+        self.status.tooltip = "\n".join(notes)
+        if stitch == "both":
+            summary = result.summary
+            self.splits.value = (f"Seam splits: naive {summary['naive']['seam_splits']} · "
+                                 f"correct {summary['correct']['seam_splits']} "
+                                 f"({summary.get('split_objects', 0)} objects split only by "
+                                 f"naive stitching)")
+            split = np.asarray(result.split_map)
+            split = split.astype(np.uint32) if split.dtype == bool else split
+            key = (layer.name, "split", "both")
+            yield
+            made["split"] = {"split": self.results.put(
+                key, "labels", split,
+                f"{layer.name} split only by naive [{tile_label(runs['naive'].plan.tile_shape)}]",
+                info={"summary": _jsonable(summary)}, scale=inp.scale, translate=inp.translate,
+                colormap=DirectLabelColormap(color_dict={None: SPLIT, 0: "transparent"}),
+                opacity=1.0,
+            )}
+            made["split"]["split"].contour = 2
+            self._compare_layers = made
+            self.view.visible = True
+            self.view.value = "correct"
+            self._apply_view()
+        else:
+            self.view.visible = False
+        self.status.value = "\n".join(
+            f"{m}: {r.info.get('n_instances', '?')} objects · {r.info.get('n_tiles')} tiles · "
+            f"{(r.info.get('times') or {}).get('total', 0):.1f} s" for m, r in runs.items())
+        self.made = made
+        self.last_result = result
+
+    def _result_layers(self, layer: Any, inp: ImageInput, mode: str, r: Any,
+                       shown: dict, out: dict[str, Any]) -> Iterator[None]:
+        """Add or replace one mode's result layers in ``out``, yielding between layers."""
+        tag = f"[{mode} {tile_label(r.plan.tile_shape)}]"
+        common = {"scale": inp.scale, "translate": inp.translate}
+        info = {"mode": mode, "tile": list(r.plan.tile_shape), "source": layer.name,
+                "n_instances": r.info.get("n_instances")}
+        if "raw" in shown:
+            out["raw"] = self.results.put(
+                (layer.name, "raw", mode), "image", shown["raw"],
+                f"{layer.name} embedding channels {tag}", info=info, visible=False,
+                scale=(1.0, *inp.scale), translate=(0.0, *inp.translate))
+            yield
+        else:
+            self.results.remove((layer.name, "raw", mode))
+        # bottom to top: embeddings (hidden, they would cover the image), foreground, labels
+        out["embeddings"] = self.results.put(
+            (layer.name, "embeddings", mode), "image", shown["rgb"],
+            f"{layer.name} embeddings {tag}", info=info, rgb=True, visible=False, **common)
+        yield
+        out["foreground"] = self.results.put(
+            (layer.name, "foreground", mode), "image", r.prediction[-1],
+            f"{layer.name} foreground {tag}", info=info, colormap="magma",
+            contrast_limits=(0.0, 1.0), blending="additive", visible=False, **common)
+        yield
+        out["labels"] = self.results.put(
+            (layer.name, "labels", mode), "labels", r.labels, f"{layer.name} labels {tag}",
+            info=info, **common)
+        yield
+
+    # -- naive / correct views ---------------------------------------------------------
+    def _apply_view(self, *_: Any) -> None:
+        made = getattr(self, "_compare_layers", None)
+        if not made:
+            return
+        view = self.view.value
+        if view == "side by side":
+            self._enter_side_by_side(made)
+            return
+        self._leave_side_by_side()
+        for mode in ("naive", "correct"):
+            made[mode]["labels"].visible = mode == view
+        split = made.get("split", {}).get("split")
+        if split is not None:
+            split.visible = view == "naive"
+
+    def _enter_side_by_side(self, made: dict) -> None:
+        keep = {id(made[m]["labels"]) for m in ("naive", "correct")}
+        if "split" in made:
+            keep.add(id(made["split"]["split"]))
+        if not self._hidden_for_grid:
+            self._hidden_for_grid = {id(lyr): (lyr, lyr.visible) for lyr in self.viewer.layers}
+        for lyr in self.viewer.layers:
+            lyr.visible = id(lyr) in keep
+        _grid(self.viewer).enabled = True
+
+    def _leave_side_by_side(self) -> None:
+        if not self._hidden_for_grid:
+            return
+        for lyr, visible in self._hidden_for_grid.values():
+            if any(lyr is other for other in self.viewer.layers):
+                lyr.visible = visible
+        self._hidden_for_grid = {}
+        _grid(self.viewer).enabled = False
+
+
+def _grid(viewer: Any) -> Any:
+    """napari's grid-mode settings (``viewer.canvas.grid`` since 0.9, ``viewer.grid`` before)."""
+    canvas = getattr(viewer, "canvas", None)
+    return canvas.grid if canvas is not None and hasattr(canvas, "grid") else viewer.grid
+
+
+def describe_geometry(geo: UNetGeometry) -> str:
+    """One line: dimensions, l, f, grid f^l, capacity f^(d·l) and context."""
+    f = tile_label(geo.factor)
+    return (f"{geo.ndim}D · l={geo.depth} · f={f} · grid f^l={tile_label(geo.grid)} · "
+            f"capacity f^(d·l)={geo.capacity} · context {tile_label(geo.context)} px")
+
+
+def _display_arrays(r: Any, raw: bool, ndim: int) -> dict[str, np.ndarray]:
+    pred = r.prediction
+    emb = pred[:-1]
+    fg = pred[-1] > float(r.info.get("fg_threshold", 0.5))
+    out = {"rgb": embedding_rgb(emb, fg)}
+    if raw:
+        out["raw"] = emb
+    return out
+
+
+def _seconds(info: dict) -> str:
+    times = info.get("times") or {}
+    if not times:
+        return ""
+    return f"{times.get('predict', 0):.1f} s predict + {times.get('cluster', 0):.1f} s mean-shift"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+class _blocked:
+    """Block the ``changed`` signals of some magicgui widgets for a moment."""
+
+    def __init__(self, *widgets: Any) -> None:
+        self.widgets = widgets
+
+    def __enter__(self) -> None:
+        for w in self.widgets:
+            w.changed.block()
+
+    def __exit__(self, *exc: Any) -> None:
+        for w in self.widgets:
+            w.changed.unblock()
