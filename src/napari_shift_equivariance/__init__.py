@@ -23,7 +23,9 @@ _API = {
     # training, clustering, segmentation
     "TrainConfig": "train", "train": "train",
     "mean_shift": "clustering", "cluster_embeddings": "clustering",
-    "segment": "segment", "compare": "compare", "sweep": "compare",
+    "segment": "segment", "segment_prediction": "segment", "SegmentResult": "segment",
+    "compare": "compare", "save_comparison": "compare", "sweep": "compare",
+    "run_demo": "demo",
 }
 
 __all__ = ["__version__", *_API]

@@ -25,6 +25,9 @@ from .tiling import Tile, TilePlan, plan_tiles
 ProgressFn = Callable[[int, int], None]
 CancelFn = Callable[[], bool]
 MAX_LEADING_AXES = 2
+# auto batch: about this many input pixels per forward pass (small tiles batch up to 32)
+BATCH_PIXELS = 2**21
+MAX_AUTO_BATCH = 32
 
 
 @dataclass(frozen=True)
@@ -107,8 +110,8 @@ class Predictor:
     """Runs a model over images with a tile plan; reusable across images and planes."""
 
     def __init__(self, model: UNet, device: str | torch.device = "auto", amp: str | None = None,
-                 batch_size: int = 4, pad: str = "reflect"):
-        if batch_size < 1:
+                 batch_size: int | None = None, pad: str = "reflect"):
+        if batch_size is not None and batch_size < 1:
             raise NSEError(f"batch size must be at least 1, got {batch_size}")
         self.device = resolve_device(device)
         self.model = model.to(self.device).eval()
@@ -186,7 +189,8 @@ class Predictor:
         done = 0
         if progress is not None:
             progress(0, total)
-        work = [(lead, b) for lead in planes for b in _batches(plan.tiles, self.batch_size)]
+        batch = self.batch_size or auto_batch_size(plan)
+        work = [(lead, b) for lead in planes for b in _batches(plan.tiles, batch)]
         # read the next batch while the current one runs on the device
         with ThreadPoolExecutor(max_workers=1) as pool:
             future = pool.submit(self._read, image, work[0][1], layout, work[0][0], norm)
@@ -217,6 +221,12 @@ class Predictor:
         return plan_tiles(layout.spatial_shape(image_shape), cfg.geometry, tile, mode)
 
 
+def auto_batch_size(plan: TilePlan) -> int:
+    """Tiles per forward pass when none is given: small tiles batch (per-call overhead
+    dominates them on a CPU), large ones run one or a few at a time (memory)."""
+    return max(1, min(MAX_AUTO_BATCH, BATCH_PIXELS // plan.net_input.prod()))
+
+
 def _insert(lead: tuple[int, ...], layout: AxisLayout, c: int) -> tuple[int, ...]:
     """The index over all non-spatial axes: ``lead`` with channel ``c`` at the channel axis."""
     idx = list(lead)
@@ -226,7 +236,7 @@ def _insert(lead: tuple[int, ...], layout: AxisLayout, c: int) -> tuple[int, ...
 
 def predict(model: UNet, image: Any, mode: str = "correct",
             tile: int | Sequence[int] | None = None, *, device: str = "auto",
-            batch_size: int = 4, amp: str | None = None, pad: str = "reflect",
+            batch_size: int | None = None, amp: str | None = None, pad: str = "reflect",
             channel_axis: int | None = None, out: Any = None,
             progress: ProgressFn | None = None, cancel: Any = None) -> Any:
     """Predict embeddings + foreground probability for every pixel (see :class:`Predictor`)."""

@@ -77,7 +77,8 @@ def add_tiling(p: argparse.ArgumentParser, whole: bool = True) -> None:
                    help="correct: n*f^l tiles on the global f^l grid (default); naive: as asked")
     p.add_argument("--pad", default="reflect", choices=["reflect", "symmetric", "edge", "zero"],
                    help="how the image is padded at its borders (default reflect)")
-    p.add_argument("--batch-size", type=int, default=4, help="tiles per forward pass")
+    p.add_argument("--batch-size", type=int, default=None,
+                   help="tiles per forward pass (default: auto, from the tile size)")
     p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
                    help="mixed precision on CUDA")
     p.add_argument("--channel-axis", type=int, default=None, help="channel axis of the image")
