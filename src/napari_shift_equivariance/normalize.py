@@ -50,7 +50,7 @@ def percentiles(
     sample = sample.astype(np.float64, copy=False)
     lo, hi = np.nanpercentile(sample, [low, high])
     if not (np.isfinite(lo) and np.isfinite(hi)):
-        raise NSEError("image has no finite values to normalise")
+        raise NSEError("image has no finite values (all NaN or infinite); fix or mask them first")
     return float(lo), float(hi)
 
 

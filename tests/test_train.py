@@ -1,0 +1,354 @@
+"""Training: sampling rules, bad input, determinism, cancel, checkpoints, fine-tuning, CLI."""
+
+import json
+import threading
+
+import numpy as np
+import pytest
+import torch
+
+from napari_shift_equivariance.cli import main
+from napari_shift_equivariance.data import nuclei
+from napari_shift_equivariance.errors import NSEError
+from napari_shift_equivariance.model import ModelConfig, build_model, load_model, save_model
+from napari_shift_equivariance.train import (
+    CropSampler,
+    TrainArray,
+    TrainConfig,
+    default_window,
+    load_checkpoint,
+    prepare_data,
+    resolve_window,
+    train,
+)
+
+# depth 1, f = 2: grid 2, context 16, valid outputs 2, 4, 6, ...
+TINY = {"depth": 1, "base_channels": 2, "embedding_dim": 2, "batch_size": 2, "device": "cpu",
+        "window": 12}
+
+
+def tiny(**kw):
+    return TrainConfig(**{**TINY, "iterations": 3, **kw})
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    # tiny nets gain nothing from intra-op threads, and lose a lot on a busy machine
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def pair():
+    return nuclei((48, 48), radius=(3.0, 6.0), seed=1)
+
+
+def weights(model):
+    return {k: v.clone() for k, v in model.state_dict().items()}
+
+
+def assert_same_weights(a, b):
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+
+
+# -- the seam rule and windows ---------------------------------------------------------
+
+
+def test_window_at_or_below_grid_is_refused_with_the_reason(pair):
+    with pytest.raises(NSEError, match=r"f\^l.*seams"):
+        train([pair[0]], [pair[1]], tiny(depth=2, window=4))
+    with pytest.raises(NSEError, match="allow-small-window"):
+        train([pair[0]], [pair[1]], tiny(depth=2, window=3))
+
+
+def test_small_window_allowed_on_request_uses_exactly_that_window(pair):
+    result = train([pair[0]], [pair[1]], tiny(depth=2, window=4, allow_small_window=True,
+                                              iterations=1))
+    assert result.model.config.window == (4, 4)
+    assert any("on purpose" in n for n in result.notes)
+
+
+def test_window_is_rounded_up_to_a_valid_output_and_says_so(pair):
+    # depth 2: valid outputs are multiples of 4
+    result = train([pair[0]], [pair[1]], tiny(depth=2, window=10, iterations=1))
+    assert result.model.config.window == (12, 12)
+    assert any("rounded up to (12, 12)" in n for n in result.notes)
+
+
+def test_window_larger_than_the_image_is_an_error(pair):
+    with pytest.raises(NSEError, match="larger than"):
+        train([pair[0]], [pair[1]], tiny(window=64))
+
+
+def test_default_window_exceeds_grid_and_shrinks_to_small_images(pair):
+    geo = ModelConfig(depth=3).geometry
+    w = default_window(geo)
+    assert all(v > g for v, g in zip(w, geo.grid)) and geo.is_valid_output(w)
+    notes = []
+    net, window = resolve_window(tiny(window=None), ModelConfig(depth=1).geometry,
+                                 [(48, 40)], notes)
+    assert tuple(window) == (48, 40) and net == window
+
+
+# -- bad input, before training --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "images, labels, match",
+    [
+        (lambda i, lab: [i], lambda i, lab: [lab.astype(np.float32)], "integers"),
+        (lambda i, lab: [i], lambda i, lab: [lab[:-1]], "shape"),
+        (lambda i, lab: [i], lambda i, lab: [np.zeros_like(lab)], "no instance"),
+        (lambda i, lab: [np.where(lab > 0, np.nan, i)], lambda i, lab: [lab], "NaN"),
+        (lambda i, lab: [i, i], lambda i, lab: [lab], "2 images and 1 label"),
+        (lambda i, lab: [i[None, None]], lambda i, lab: [lab[None, None]], "dimensionality"),
+        (lambda i, lab: [], lambda i, lab: [], "no training data"),
+    ],
+)
+def test_bad_input_is_one_clear_error(pair, images, labels, match):
+    calls = []
+    with pytest.raises(NSEError, match=match):
+        train(images(*pair), labels(*pair), tiny(), progress=calls.append)
+    assert calls == []  # nothing trained
+
+
+def test_3d_model_on_2d_data_is_an_error(pair):
+    with pytest.raises(NSEError, match="dimensionality"):
+        train([pair[0]], [pair[1]], tiny(ndim=3))
+
+
+def test_negative_labels_need_an_ignore_index(pair):
+    lab = pair[1].astype(np.int32)
+    lab[:10] = -1
+    with pytest.raises(NSEError, match="ignore_index"):
+        train([pair[0]], [lab], tiny())
+    result = train([pair[0]], [lab], tiny(ignore_index=-1, iterations=1))
+    assert result.model.config.loss["ignore_index"] == -1
+
+
+# -- sampling --------------------------------------------------------------------------
+
+
+def test_crops_pair_input_and_labels_through_rotations_and_flips():
+    labels = nuclei((40, 40), radius=(3.0, 6.0), seed=3)[1].astype(np.int64)
+    array = TrainArray(labels.astype(np.float32), labels, "test")
+    cfg = tiny(window=8, intensity_scale=None, intensity_offset=None, noise_std=None,
+               p_elastic=0.0)
+    geo = ModelConfig(depth=1).geometry
+    sampler = CropSampler([array], geo, geo.valid_output_above(8), geo.valid_output_above(8),
+                          cfg, np.random.default_rng(0))
+    h = geo.half_context[0]
+    for _ in range(20):
+        x, y = sampler.draw_one()
+        assert x.shape == (24, 24) and y.shape == (8, 8)
+        np.testing.assert_array_equal(x[h:h + 8, h:h + 8], y)
+
+
+def test_crops_mostly_contain_an_instance():
+    labels = np.zeros((64, 64), np.int64)
+    labels[50:54, 50:54] = 1
+    array = TrainArray(np.zeros((64, 64), np.float32), labels, "test")
+    geo = ModelConfig(depth=1).geometry
+    cfg = tiny(window=8, p_foreground=1.0, augment=False)
+    sampler = CropSampler([array], geo, geo.valid_output_above(8), geo.valid_output_above(8),
+                          cfg, np.random.default_rng(0))
+    assert all(sampler.draw_one()[1].any() for _ in range(10))
+
+
+def test_zstack_planes_without_labels_are_skipped(pair):
+    img = np.stack([pair[0]] * 3)
+    lab = np.stack([pair[1], np.zeros_like(pair[1]), pair[1]])
+    notes = []
+    arrays, _ = prepare_data([img], [lab], 2, None, None, notes)
+    assert [a.name for a in arrays] == ["image 1, plane 0", "image 1, plane 2"]
+    assert any("skipped 1 plane" in n for n in notes)
+    assert train([img], [lab], tiny(iterations=1)).model.config.ndim == 2
+
+
+def test_normalisation_is_stored_and_applied_per_image(pair):
+    img = pair[0] * 1000 + 50
+    notes = []
+    arrays, _ = prepare_data([img], [pair[1]], 2, {"kind": "percentile", "low": 1.0,
+                                                     "high": 99.8}, None, notes)
+    lo, hi = np.percentile(arrays[0].image, [1, 99.8])
+    assert abs(lo) < 1e-3 and abs(hi - 1) < 1e-3
+    model = train([img], [pair[1]], tiny(iterations=1)).model
+    assert model.config.normalization["kind"] == "percentile"
+
+
+def test_3d_training_runs():
+    img, lab = nuclei((20, 28, 28), radius=(3.0, 5.0), seed=2)
+    result = train([img], [lab], tiny(ndim=3, window=6, iterations=2, in_plane_only=True))
+    assert result.model.config.ndim == 3 and result.model.config.window == (6, 6, 6)
+    assert len(result.history) == 2
+
+
+# -- the loop --------------------------------------------------------------------------
+
+
+def test_progress_reports_every_iteration_and_loss_decreases(pair):
+    entries = []
+    result = train([pair[0]], [pair[1]], tiny(iterations=40, lr=1e-2, base_channels=4,
+                                              embedding_dim=4),
+                   progress=entries.append)
+    assert [e["iteration"] for e in entries] == list(range(1, 41))
+    assert {"iteration", "iterations", "loss", "var", "dist", "reg", "fg"} <= set(entries[0])
+    assert entries == result.history
+    first = np.mean([e["loss"] for e in entries[:5]])
+    last = np.mean([e["loss"] for e in entries[-5:]])
+    assert last < first
+    assert not result.model.training
+
+
+def test_same_seed_same_weights_other_seed_other_weights(pair):
+    a = train([pair[0]], [pair[1]], tiny(seed=3)).model
+    b = train([pair[0]], [pair[1]], tiny(seed=3)).model
+    c = train([pair[0]], [pair[1]], tiny(seed=4)).model
+    assert_same_weights(weights(a), weights(b))
+    assert any(not torch.equal(x, y) for x, y in zip(weights(a).values(),
+                                                      weights(c).values()))
+
+
+def test_deterministic_mode_is_restored(pair):
+    before = torch.are_deterministic_algorithms_enabled()
+    train([pair[0]], [pair[1]], tiny(iterations=1))
+    assert torch.are_deterministic_algorithms_enabled() == before
+
+
+@pytest.mark.parametrize("kind", ["event", "callable"])
+def test_cancel_returns_the_partial_model(pair, kind):
+    event = threading.Event()
+    cancel = event if kind == "event" else event.is_set
+
+    def progress(entry):
+        if entry["iteration"] == 2:
+            event.set()
+
+    result = train([pair[0]], [pair[1]], tiny(iterations=50), progress=progress, cancel=cancel)
+    assert len(result.history) == 2
+    assert result.model.config.extra["cancelled"] is True
+    assert result.model.config.extra["iterations_done"] == 2
+
+
+def test_checkpoint_and_resume_equal_an_uninterrupted_run(pair, tmp_path):
+    full = train([pair[0]], [pair[1]], tiny(iterations=4))
+    train([pair[0]], [pair[1]], tiny(iterations=4, checkpoint_every=2),
+          checkpoint_dir=tmp_path)
+    ckpt = tmp_path / "checkpoint-000002.pt"
+    assert ckpt.exists() and (tmp_path / "checkpoint-000004.pt").exists()
+    model, state = load_checkpoint(ckpt)
+    assert state["iteration"] == 2 and len(state["history"]) == 2
+    assert load_model(ckpt).config.window == (12, 12)  # a checkpoint is a usable model
+    resumed = train([pair[0]], [pair[1]], tiny(iterations=4), resume=ckpt)
+    assert [e["iteration"] for e in resumed.history] == [1, 2, 3, 4]
+    assert_same_weights(weights(full.model), weights(resumed.model))
+
+
+def test_resume_from_a_plain_model_file_is_refused(pair, tmp_path):
+    path = save_model(build_model(ModelConfig(depth=1, base_channels=2)), tmp_path / "m.pt")
+    with pytest.raises(NSEError, match="fine-tune"):
+        train([pair[0]], [pair[1]], tiny(), resume=path)
+
+
+def test_checkpoint_every_needs_a_folder(pair):
+    with pytest.raises(NSEError, match="folder"):
+        train([pair[0]], [pair[1]], tiny(checkpoint_every=1))
+
+
+def test_fine_tuning_keeps_architecture_and_leaves_the_start_model_alone(pair, tmp_path):
+    start = build_model(ModelConfig(depth=1, base_channels=3, embedding_dim=3,
+                                    normalization={"kind": "none"}), seed=0)
+    before = weights(start)
+    result = train([pair[0]], [pair[1]], tiny(base_channels=7, iterations=2),
+                   init_model=start)
+    assert result.model.config.base_channels == 3
+    assert result.model.config.normalization == {"kind": "none"}
+    assert_same_weights(before, weights(start))
+    assert any(not torch.equal(before[k], v) for k, v in weights(result.model).items())
+    path = save_model(start, tmp_path / "start.pt")
+    from_file = train([pair[0]], [pair[1]], tiny(iterations=2), init_model=str(path))
+    assert_same_weights(weights(result.model), weights(from_file.model))
+
+
+def test_fine_tuning_a_3d_model_on_2d_data_is_an_error(pair):
+    start = build_model(ModelConfig(ndim=3, depth=1, factor=2, base_channels=2), seed=0)
+    with pytest.raises(NSEError, match="dimensionality"):
+        train([pair[0]], [pair[1]], tiny(), init_model=start)
+
+
+def test_training_state_is_stored_in_the_model(pair, tmp_path):
+    model = train([pair[0]], [pair[1]], tiny(seed=5, iterations=1)).model
+    path = save_model(model, tmp_path / "m.pt")
+    loaded = load_model(path)
+    cfg = TrainConfig.from_dict(loaded.config.extra["train"])
+    assert cfg.seed == 5 and cfg.window == 12
+    assert loaded.config.loss["delta_d"] == 3.0
+
+
+def test_validation_reports_ap(pair):
+    img, lab = nuclei((96, 64), radius=(3.0, 6.0), seed=4)
+    result = train([img], [lab], tiny(iterations=2, val_every=1))
+    assert all(0.0 <= e["val_ap"] <= 1.0 for e in result.history)
+    assert any("validation on the last" in n for n in result.notes)
+
+
+# -- command line ----------------------------------------------------------------------
+
+
+@pytest.fixture
+def files(tmp_path, pair):
+    np.save(tmp_path / "img.npy", pair[0])
+    np.save(tmp_path / "lab.npy", pair[1])
+    return tmp_path
+
+
+def _args(d, *extra):
+    return ["train", "--image", str(d / "img.npy"), "--labels", str(d / "lab.npy"),
+            "--depth", "1", "--base-channels", "2", "--embedding-dim", "2", "--window", "12",
+            "--iterations", "2", "--batch-size", "1", "--device", "cpu", "--quiet", *extra]
+
+
+def test_cli_trains_and_writes_a_model(files, capsys):
+    assert main(_args(files, "--out", str(files / "m.pt"), "--json", "--seed", "7")) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["iterations"] == 2 and out["model"].endswith("m.pt")
+    model = load_model(files / "m.pt")
+    assert model.config.window == (12, 12) and model.config.extra["train"]["seed"] == 7
+
+
+def test_cli_refuses_to_overwrite_before_training(files, capsys):
+    (files / "m.pt").write_bytes(b"keep me")
+    assert main(_args(files, "--out", str(files / "m.pt"))) == 2
+    assert "exists" in capsys.readouterr().err
+    assert (files / "m.pt").read_bytes() == b"keep me"
+
+
+def test_cli_unequal_images_and_labels(files, capsys):
+    args = _args(files, "--out", str(files / "m.pt"), "--image", str(files / "img.npy"))
+    assert main(args) == 2
+    assert "2 --image and 1 --labels" in capsys.readouterr().err
+    assert not (files / "m.pt").exists()
+
+
+def test_cli_small_window_needs_the_flag(files, capsys):
+    args = _args(files, "--out", str(files / "m.pt"))
+    args[args.index("--window") + 1] = "2"
+    assert main(args) == 2
+    assert "--allow-small-window" in capsys.readouterr().err
+    assert main(args + ["--allow-small-window"]) == 0
+
+
+def test_cli_fine_tunes_and_resumes(files):
+    assert main(_args(files, "--out", str(files / "a.pt"), "--checkpoint-every", "1")) == 0
+    ckpt = files / "a.pt.checkpoints" / "checkpoint-000001.pt"
+    assert ckpt.exists()
+    resume = _args(files, "--out", str(files / "b.pt"), "--resume", str(ckpt))
+    i = resume.index("--iterations")
+    del resume[i:i + 2]  # the checkpoint's iteration count is kept
+    assert main(resume) == 0
+    assert_same_weights(weights(load_model(files / "a.pt")), weights(load_model(files / "b.pt")))
+    assert main(_args(files, "--out", str(files / "c.pt"), "--from", str(files / "a.pt"))) == 0
