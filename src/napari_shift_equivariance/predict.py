@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from . import normalize
-from .errors import Cancelled, NSEError
+from .errors import Cancelled, NSEError, is_cancelled
 from .io import check_finite, check_image, read_box
 from .model import UNet, resolve_device
 from .tiling import Tile, TilePlan, plan_tiles
@@ -80,14 +80,6 @@ def axis_layout(shape: Sequence[int], ndim: int, in_channels: int = 1,
             f"{ndim + MAX_LEADING_AXES} (up to {MAX_LEADING_AXES} leading axes plane by plane)"
         )
     return AxisLayout(tuple(rest[: len(rest) - ndim]), channel_axis, tuple(rest[-ndim:]))
-
-
-def _cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
 
 
 def _autocast(device: torch.device, amp: str | None):
@@ -195,7 +187,7 @@ class Predictor:
         with ThreadPoolExecutor(max_workers=1) as pool:
             future = pool.submit(self._read, image, work[0][1], layout, work[0][0], norm)
             for i, (lead, batch) in enumerate(work):
-                if _cancelled(cancel):
+                if is_cancelled(cancel):
                     future.cancel()
                     raise Cancelled("prediction cancelled")
                 x = future.result()

@@ -32,7 +32,7 @@ import torch
 from . import normalize
 from .augment import ELASTIC_DEFAULTS
 from .augment import augment as augment_crop
-from .errors import NSEError
+from .errors import NSEError, is_cancelled
 from .geometry import Coordinate, Roi, UNetGeometry, as_tuple
 from .io import check_image, read_box
 from .loss import TrainingLoss
@@ -472,14 +472,6 @@ def load_checkpoint(path: str | Path) -> tuple[UNet, dict]:
 # -- training -----------------------------------------------------------------------------
 
 
-def _cancelled(cancel: Any) -> bool:
-    if cancel is None:
-        return False
-    if hasattr(cancel, "is_set"):
-        return bool(cancel.is_set())
-    return bool(cancel())
-
-
 @contextlib.contextmanager
 def _deterministic(device: torch.device):
     """Deterministic kernels while training on the CPU; the previous setting is restored."""
@@ -622,7 +614,7 @@ def train(
     t0 = time.perf_counter()
     with _deterministic(device):
         for it in range(start, config.iterations):
-            if _cancelled(cancel):
+            if is_cancelled(cancel):
                 cancelled = True
                 break
             lr = config.lr * _lr_factor(config, it)
