@@ -191,3 +191,14 @@ def test_cli_segment(tmp_path, capsys):
     assert rc == 2 and "bandwidth" in capsys.readouterr().err
     assert not (tmp_path / "x.tif").exists()
     assert not list(tmp_path.glob("*.partial"))
+
+
+def test_default_bandwidth_prefers_the_models_calibrated_one():
+    from napari_shift_equivariance.model import ModelConfig
+    from napari_shift_equivariance.segment import default_bandwidth
+
+    cfg = ModelConfig(loss={"delta_v": 0.5, "delta_d": 3.0})
+    from_margins = default_bandwidth(cfg)
+    assert from_margins == 1.5
+    cfg.extra["bandwidth"] = 3.0
+    assert default_bandwidth(cfg) == 3.0

@@ -261,7 +261,9 @@ def fig2_figure(result: dict[str, Any], path: str | os.PathLike) -> Path:
     fig, axes = _figure(1, 3, (14, 5.4))
     a16, a15 = result["arrays"]["16"], result["arrays"]["15"]
     axes[0, 0].imshow(a15["image"], cmap="gray")
-    axes[0, 0].set_title("input (spacing 15)")
+    axes[0, 0].set_title(f"Fig. 2: l={DEPTH}, f={FACTOR}, f^l={GRID}, f^(d·l)={GRID**2}\n"
+                         "input (spacing 15); right: embeddings as colours\n(first 3 principal "
+                         "components)", fontsize=9)
     for ax, spacing, arr in ((axes[0, 1], "16", a16), (axes[0, 2], "15", a15)):
         ax.imshow(embedding_rgb(arr["prediction"], arr["labels"]), interpolation="nearest")
         b = arr["box"]
@@ -275,9 +277,7 @@ def fig2_figure(result: dict[str, Any], path: str | os.PathLike) -> Path:
     for ax in axes.ravel():
         ax.set_xticks([])
         ax.set_yticks([])
-    fig.suptitle(f"Fig. 2: l={DEPTH}, f={FACTOR}, f^l={GRID}, f^(d·l)={GRID**2}; embeddings "
-                 "as colours (first 3 principal components)", fontsize=10)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.15)
     return Path(path)
 
 
@@ -300,7 +300,7 @@ def fig4_figure(result: dict[str, Any], path: str | os.PathLike) -> Path:
         ax.set_yticks([])
     fig.suptitle(f"Fig. 4: l={DEPTH}, f={FACTOR}, disks at spacing 13; naive tiles "
                  f"{result['naive_tile']}, correct tiles {result['correct_tile']}", fontsize=10)
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight", pad_inches=0.15)
     return Path(path)
 
 

@@ -52,9 +52,13 @@ class SegmentResult:
 
 
 def default_bandwidth(config: ModelConfig) -> float:
-    """Mean-shift bandwidth from the margins the model was trained with."""
+    """The model's calibrated bandwidth (``config.extra["bandwidth"]``, set by training
+    recipes that tune it on training images) or else one from the loss margins."""
     from .clustering import estimate_bandwidth_from_margins
 
+    calibrated = (config.extra or {}).get("bandwidth")
+    if calibrated is not None and float(calibrated) > 0:
+        return float(calibrated)
     loss = config.loss or {}
     return float(estimate_bandwidth_from_margins(float(loss.get("delta_v", 0.5)),
                                                  float(loss.get("delta_d", 3.0))))
