@@ -413,8 +413,10 @@ class SegmentWidget(Container):
             if current["finished"]:
                 return
             stage, n, total = payload
-            unit = {"predict": "tiles", "cluster": "planes"}.get(stage.split()[-1], "")
-            self.status.value = f"{stage} {n}/{total} {unit}".strip()
+            if stage.split()[-1] == "predict":
+                self.status.value = f"{stage} {n}/{total} tiles"
+            else:  # clustering reports 100 steps per plane
+                self.status.value = f"{stage} {100 * n // max(total, 1)}%"
             if pbar.total != total or current["stage"] != stage:
                 current["stage"] = stage
                 pbar.reset(total=total)
