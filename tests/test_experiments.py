@@ -2,7 +2,6 @@
 
 import numpy as np
 import pytest
-import torch
 
 from napari_shift_equivariance import experiments as ex
 from napari_shift_equivariance.cli import main
@@ -12,13 +11,7 @@ from napari_shift_equivariance.model import build_model
 from napari_shift_equivariance.predict import predict
 from napari_shift_equivariance.train import train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def random_net(seed, upsampling="learnt"):

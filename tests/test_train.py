@@ -31,13 +31,7 @@ def tiny(**kw):
     return TrainConfig(**{**TINY, "iterations": 3, **kw})
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    # tiny nets gain nothing from intra-op threads, and lose a lot on a busy machine
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

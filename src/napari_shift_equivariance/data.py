@@ -37,13 +37,18 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     return shape
 
 
-def _relabel(labels: np.ndarray) -> np.ndarray:
-    """Renumber labels to 1..K in order of their current value (0 stays 0), as uint32."""
+def relabel_sequential(labels: np.ndarray, start: int = 1) -> tuple[np.ndarray, int]:
+    """Renumber the non-zero labels to ``start .. start + K - 1`` in order of value.
+
+    Returns the uint32 labels and ``K``.
+    """
     ids = np.unique(labels)
     ids = ids[ids != 0]
-    lut = np.zeros(int(labels.max()) + 1 if labels.size else 1, dtype=np.uint32)
-    lut[ids] = np.arange(1, ids.size + 1, dtype=np.uint32)
-    return lut[labels]
+    if ids.size == 0:
+        return np.zeros(labels.shape, dtype=np.uint32), 0
+    new = np.searchsorted(ids, labels).astype(np.uint32) + np.uint32(start)
+    out = np.where(labels != 0, new, np.uint32(0)).astype(np.uint32, copy=False)
+    return out, int(ids.size)
 
 
 # -- the paper's disks -----------------------------------------------------------------
@@ -124,7 +129,7 @@ def periodic_disks(
         inside &= (k >= 0) & (k <= k_max[a] - k_min[a])
         index = index * (k_max[a] - k_min[a] + 1) + np.clip(k, 0, k_max[a] - k_min[a])
     inside &= d2 <= np.float32(radius) ** 2
-    labels = _relabel(np.where(inside, index + 1, 0))
+    labels, _ = relabel_sequential(np.where(inside, index + 1, 0))
 
     image = inside.astype(np.float32)
     if noise > 0:

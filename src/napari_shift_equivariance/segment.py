@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from .data import relabel_sequential
 from .errors import Cancelled, NSEError
 from .model import ModelConfig, UNet, load_model
 from .predict import Predictor
@@ -76,20 +77,6 @@ def check_options(bandwidth: float | None, scope: str, min_size: int | None,
     if not 0 < fg_threshold < 1:
         raise NSEError(f"foreground threshold must lie strictly between 0 and 1, got "
                        f"{fg_threshold}")
-
-
-def relabel_sequential(labels: np.ndarray, start: int = 1) -> tuple[np.ndarray, int]:
-    """Renumber the non-zero labels to ``start .. start + K - 1`` in order of value.
-
-    Returns the uint32 labels and ``K``.
-    """
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    if ids.size == 0:
-        return np.zeros(labels.shape, dtype=np.uint32), 0
-    new = np.searchsorted(ids, labels).astype(np.uint32) + np.uint32(start)
-    out = np.where(labels != 0, new, np.uint32(0)).astype(np.uint32, copy=False)
-    return out, int(ids.size)
 
 
 def instances_from_prediction(
