@@ -9,7 +9,9 @@ from napari_shift_equivariance.errors import NSEError
 from napari_shift_equivariance.metrics import (
     average_precision,
     embedding_seam_statistic,
+    evaluate,
     match,
+    pool,
     seam_splits,
     splits_and_merges,
 )
@@ -241,3 +243,66 @@ def test_embedding_seam_statistic_foreground_only():
         embedding_seam_statistic(seamed, fg[:, :4], [[], [5]])
     with pytest.raises(NSEError):
         embedding_seam_statistic(seamed, fg, [[5]])
+
+
+# -- evaluate / pool ---------------------------------------------------------------------
+
+
+def test_evaluate_agrees_with_match_splits_and_ap():
+    rng = np.random.default_rng(7)
+    for _ in range(5):
+        gt, pred = random_labels(rng), random_labels(rng)
+        ev = evaluate(gt, pred)
+        ap = average_precision(gt, pred)
+        assert ev.dsb == pytest.approx(ap["mean"])
+        assert list(ev.aps) == pytest.approx(ap["ap"])
+        m = match(gt, pred, 0.5)
+        assert ev.ap50 == pytest.approx(m["ap"])
+        assert (ev.tp[0], ev.fp[0], ev.fn[0]) == (m["tp"], m["fp"], m["fn"])
+        sm = splits_and_merges(gt, pred)
+        assert (ev.false_splits, ev.false_merges) == (sm["false_splits"], sm["false_merges"])
+        d = ev.to_dict()
+        assert d["ap50"] == ev.ap50 and d["n_true"] == m["n_true"]
+
+
+def test_evaluate_split_and_merge_counts():
+    gt = image((20, 40), (1, S[2:10, 2:18]), (2, S[2:10, 22:38]), (3, S[12:18, 2:18]))
+    # gt 1 split into two halves; gt 3 and gt 4 merged into one prediction
+    pred = image((20, 40), (1, S[2:10, 2:10]), (2, S[2:10, 10:18]), (3, S[2:10, 22:38]),
+                 (4, S[12:18, 2:38]))
+    gt[12:18, 22:38] = 4
+    ev = evaluate(gt, pred)
+    assert ev.false_splits == 1 and ev.false_merges == 1
+    assert ev.n_true == 4 and ev.n_pred == 4
+    # gt 2 and one half of gt 1 (IoU exactly 0.5, and a match needs IoU >= 0.5)
+    assert ev.tp[0] == 2 and ev.tp[1] == 1
+    assert "splits 1 merges 1" in ev.summary()
+
+
+def test_evaluate_perfect_and_empty():
+    gt = image((10, 10), (1, S[1:4, 1:4]), (5, S[6:9, 6:9]))
+    ev = evaluate(gt, gt)
+    assert ev.ap50 == ev.dsb == 1.0 and ev.fp == (0,) * 10
+    empty = evaluate(gt, np.zeros_like(gt))
+    assert empty.ap50 == 0.0 and empty.fn[0] == 2 and empty.n_pred == 0
+    with pytest.raises(NSEError, match="threshold"):
+        ev.ap_at(0.42)
+    with pytest.raises(NSEError):
+        evaluate(gt, gt[:5])
+
+
+def test_pool_sums_counts():
+    rng = np.random.default_rng(3)
+    pairs = [(random_labels(rng), random_labels(rng)) for _ in range(3)]
+    evs = [evaluate(g, p) for g, p in pairs]
+    pooled = pool(evs)
+    assert pooled.n_images == 3
+    assert pooled.tp[0] == sum(e.tp[0] for e in evs)
+    assert pooled.false_splits == sum(e.false_splits for e in evs)
+    # pooling equals evaluating the images side by side
+    big_gt = np.concatenate([g + (g > 0) * 1000 * k for k, (g, _) in enumerate(pairs)], 1)
+    big_pr = np.concatenate([p + (p > 0) * 1000 * k for k, (_, p) in enumerate(pairs)], 1)
+    side = evaluate(big_gt, big_pr)
+    assert side.tp == pooled.tp and side.fp == pooled.fp and side.fn == pooled.fn
+    with pytest.raises(NSEError):
+        pool([])

@@ -10,6 +10,7 @@ Conventions follow ``stardist.matching`` (DSB 2018): a ratio with a zero denomin
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
@@ -287,3 +288,132 @@ def embedding_seam_statistic(embeddings, foreground, borders: Sequence[Sequence[
     ratio = mean[0] / mean[1] if counts.all() and mean[1] > 0 else float("nan")
     return {"across": float(mean[0]), "within": float(mean[1]), "ratio": float(ratio),
             "n_across": int(counts[0]), "n_within": int(counts[1])}
+
+
+# -- one call for everything a quality table needs ----------------------------------------
+
+
+@dataclass(frozen=True)
+class Evaluation:
+    """Quality of one predicted label image against its ground truth (or pooled over images).
+
+    ``thresholds`` are IoU thresholds; ``tp``/``fp``/``fn`` hold one count per threshold
+    (optimal 1:1 matching, as ``stardist.matching``). ``false_splits`` / ``false_merges``
+    follow Caicedo et al. 2019: a ground-truth and a predicted object are associated when
+    their IoU exceeds ``split_iou`` (0.1); a split is a ground-truth object associated with
+    more than one predicted object, a merge a predicted object associated with more than one
+    ground-truth object. ``n_images`` > 1 for a pooled result (counts summed over images).
+    """
+
+    thresholds: tuple[float, ...]
+    tp: tuple[int, ...]
+    fp: tuple[int, ...]
+    fn: tuple[int, ...]
+    n_true: int
+    n_pred: int
+    false_splits: int
+    false_merges: int
+    mean_matched_iou: float  # at thresholds[0]
+    split_iou: float = 0.1
+    n_images: int = 1
+
+    def ap_at(self, thresh: float) -> float:
+        """``tp / (tp + fp + fn)`` at one of :attr:`thresholds`."""
+        k = int(np.argmin(np.abs(np.asarray(self.thresholds) - thresh)))
+        if abs(self.thresholds[k] - thresh) > 1e-9:
+            raise NSEError(f"threshold {thresh} was not evaluated ({self.thresholds})")
+        return _div(self.tp[k], self.tp[k] + self.fp[k] + self.fn[k])
+
+    @property
+    def aps(self) -> tuple[float, ...]:
+        return tuple(_div(t, t + p + n) for t, p, n in zip(self.tp, self.fp, self.fn))
+
+    @property
+    def ap50(self) -> float:
+        """AP at IoU 0.5."""
+        return self.ap_at(0.5)
+
+    @property
+    def dsb(self) -> float:
+        """Mean AP over :attr:`thresholds` (the DSB 2018 score with the default ones)."""
+        return float(np.mean(self.aps))
+
+    @property
+    def precision(self) -> float:
+        return _div(self.tp[0], self.tp[0] + self.fp[0])
+
+    @property
+    def recall(self) -> float:
+        return _div(self.tp[0], self.tp[0] + self.fn[0])
+
+    def to_dict(self) -> dict:
+        """Plain JSON-able figures (those at ``thresholds[0]`` as ``tp``, ``fp``, ``fn``)."""
+        return {
+            "ap50": self.ap50 if 0.5 in self.thresholds else None, "dsb": self.dsb,
+            "tp": self.tp[0], "fp": self.fp[0], "fn": self.fn[0],
+            "precision": self.precision, "recall": self.recall,
+            "n_true": self.n_true, "n_pred": self.n_pred,
+            "false_splits": self.false_splits, "false_merges": self.false_merges,
+            "mean_matched_iou": self.mean_matched_iou, "split_iou": self.split_iou,
+            "n_images": self.n_images, "thresholds": list(self.thresholds),
+            "ap": list(self.aps),
+        }
+
+    def summary(self) -> str:
+        """One line for a terminal."""
+        return (f"AP@0.5 {self.ap50:.3f}  DSB AP@0.5:0.95 {self.dsb:.3f}  "
+                f"TP {self.tp[0]} FP {self.fp[0]} FN {self.fn[0]}  "
+                f"splits {self.false_splits} merges {self.false_merges}  "
+                f"({self.n_true} true, {self.n_pred} predicted)")
+
+
+def evaluate(gt, pred, thresholds: Sequence[float] = DSB_THRESHOLDS,
+             split_iou: float = 0.1) -> Evaluation:
+    """AP at each IoU threshold, TP/FP/FN, false splits and merges of ``pred`` vs ``gt``.
+
+    One contingency table serves every figure. See :class:`Evaluation`; pool several
+    images with :func:`pool`.
+    """
+    gt, pred = _pair(gt, pred)
+    thresholds = tuple(float(t) for t in np.atleast_1d(thresholds))
+    if not thresholds or not all(0 <= t <= 1 for t in thresholds):
+        raise NSEError("thresholds must be one or more numbers within [0, 1]")
+    if not 0 <= split_iou < 1:
+        raise NSEError(f"split_iou must be within [0, 1), got {split_iou}")
+    ov = _Overlap(gt, pred)
+    iou = ov.iou()
+    matches = [_match(ov, iou, t) for t in thresholds]
+    near = iou > split_iou
+    per_gt = np.bincount(ov.i[near], minlength=len(ov.ids_a))
+    per_pred = np.bincount(ov.j[near], minlength=len(ov.ids_b))
+    return Evaluation(
+        thresholds=thresholds, tp=tuple(m["tp"] for m in matches),
+        fp=tuple(m["fp"] for m in matches), fn=tuple(m["fn"] for m in matches),
+        n_true=len(ov.ids_a), n_pred=len(ov.ids_b),
+        false_splits=int((per_gt > 1).sum()), false_merges=int((per_pred > 1).sum()),
+        mean_matched_iou=matches[0]["mean_matched_iou"], split_iou=float(split_iou),
+    )
+
+
+def pool(results: Sequence[Evaluation]) -> Evaluation:
+    """Several images' results as one: counts summed (stardist's ``matching_dataset`` with
+    ``by_image=False``), so large images weigh more than small ones."""
+    results = list(results)
+    if not results:
+        raise NSEError("nothing to pool")
+    th = results[0].thresholds
+    if any(r.thresholds != th for r in results):
+        raise NSEError("results to pool were evaluated at different thresholds")
+    tp0 = sum(r.tp[0] for r in results)
+
+    def total(name: str) -> tuple[int, ...]:
+        return tuple(int(sum(getattr(r, name)[k] for r in results)) for k in range(len(th)))
+
+    return Evaluation(
+        thresholds=th, tp=total("tp"), fp=total("fp"), fn=total("fn"),
+        n_true=sum(r.n_true for r in results), n_pred=sum(r.n_pred for r in results),
+        false_splits=sum(r.false_splits for r in results),
+        false_merges=sum(r.false_merges for r in results),
+        mean_matched_iou=_div(sum(r.mean_matched_iou * r.tp[0] for r in results), tp0),
+        split_iou=results[0].split_iou, n_images=sum(r.n_images for r in results),
+    )
