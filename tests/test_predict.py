@@ -174,3 +174,112 @@ def test_cuda_matches_cpu():
     assert _rel(gpu, cpu) <= 1e-4
     bf16 = predict(model, img, "correct", 16, device="cuda", amp="bf16")
     assert _rel(bf16, cpu) <= 5e-2
+
+
+# -- out of memory: halve the batch, then the tile (simulated on the CPU) -------------------
+def _oom_when(model, too_big):
+    """Make ``model.forward`` raise CUDA's out-of-memory error when ``too_big(x)``."""
+    real = model.forward
+    calls = {"oom": 0, "ok": 0}
+
+    def forward(x):
+        if too_big(x):
+            calls["oom"] += 1
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        calls["ok"] += 1
+        return real(x)
+
+    model.forward = forward
+    return calls
+
+
+def test_out_of_memory_halves_the_batch(caplog):
+    img = _image((77, 91))
+    model = _model(2, 3, 2)
+    whole = predict(model, img, "whole", device="cpu")
+    pred = Predictor(model, "cpu", batch_size=8)
+    calls = _oom_when(pred.model, lambda x: x.shape[0] > 2)
+    with caplog.at_level("WARNING", logger="napari_shift_equivariance.predict"):
+        out = pred.run(img, "correct", 16)
+    assert _rel(out, whole) <= 1e-5
+    assert pred.info["batch_size"] == 2 and pred.info["out_of_memory"] == 2
+    assert pred.info["tile"] == [16, 16]  # the tile is kept while the batch can shrink
+    assert calls["oom"] == 2
+    assert [n.split(": ")[1] for n in pred.info["notes"]] == ["retrying with batch 4",
+                                                               "retrying with batch 2"]
+    assert "out of memory" in caplog.text
+
+
+def test_out_of_memory_halves_the_tile_with_the_same_result():
+    img = _image((77, 91))
+    model = _model(2, 3, 2)
+    whole = predict(model, img, "whole", device="cpu")
+    pred = Predictor(model, "cpu", batch_size=2)
+    # a network input above that of a 16-pixel output tile does not fit
+    fits = pred.plan(img.shape, "correct", 16).net_input[-1]
+    _oom_when(pred.model, lambda x: x.shape[-1] > fits)
+    out = pred.run(img, "correct", 40)
+    assert _rel(out, whole) <= 1e-5
+    assert pred.info["tile"] == [16, 16] and pred.info["batch_size"] == 1
+    assert "retrying with correct tiles (16, 16)" in pred.info["notes"][-1]
+    # the whole-image pass turns into correct tiles: equal by Cor. 4
+    pred2 = Predictor(model, "cpu")
+    fits = pred2.plan(img.shape, "correct", 40).net_input[-1]
+    _oom_when(pred2.model, lambda x: x.shape[-1] > fits)
+    out2 = pred2.run(img, "whole")
+    assert _rel(out2, whole) <= 1e-5
+    assert "the whole-image pass" in pred2.info["notes"][0]
+    assert pred2.info["mode"] == "whole" and pred2.info["n_tiles"] > 1
+
+
+def test_out_of_memory_that_cannot_be_avoided():
+    img = _image((40, 40))
+    model = _model(2, 2, 2)
+    pred = Predictor(model, "cpu", batch_size=4)
+    _oom_when(pred.model, lambda x: True)
+    with pytest.raises(NSEError, match="even with one tile of the grid"):
+        pred.run(img, "correct", 16)
+    # a smaller naive tile would change the result: say so instead of retrying
+    with pytest.raises(NSEError, match="naive"):
+        pred.run(img, "naive", 12)
+    # other runtime errors are not taken for memory
+    pred.model.forward = lambda x: (_ for _ in ()).throw(RuntimeError("shape mismatch"))
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        pred.run(img, "correct", 16)
+
+
+def test_default_tile_follows_the_device():
+    model = _model(2, 2, 2)
+    img = _image((40, 40))
+    pred = Predictor(model, "cpu")
+    pred.run(img)
+    assert pred.info["tile"] == [40, 40]  # balanced: one tile covers a small image
+    assert pred.plan((3000, 3000)).tile_shape == (500, 500)  # 6 x 500 px, not 5 x 512 + 440
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_out_of_memory_falls_back_to_smaller_tiles():
+    """A real CUDA out-of-memory error: a memory cap the whole-image pass does not fit."""
+    model = _model(2, 3, 2, base_channels=16)
+    img = _image((2048, 2048))
+    reference = predict(model, img, "correct", 256, device="cuda")
+    torch.cuda.empty_cache()
+    total = torch.cuda.get_device_properties(0).total_memory
+    torch.cuda.set_per_process_memory_fraction(min(1.0, 600 * 2**20 / total))
+    try:
+        pred = Predictor(model, "cuda")
+        out = pred.run(img, "whole")
+    finally:
+        torch.cuda.set_per_process_memory_fraction(1.0)
+        torch.cuda.empty_cache()
+    assert pred.info["out_of_memory"] >= 1 and pred.info["notes"]
+    assert _rel(out, reference) <= 1e-2  # TF32 convolutions: not bit-equal across sizes
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_default_tile_is_large():
+    model = _model(2, 4, 2)
+    pred = Predictor(model, "cuda")
+    assert pred.plan((4096, 4096)).tile_shape == (2048, 2048)

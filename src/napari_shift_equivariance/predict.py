@@ -8,6 +8,7 @@ a time series) are processed plane by plane over the leading axes.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import torch
 
 from . import normalize
 from .errors import Cancelled, NSEError, is_cancelled
+from .geometry import Coordinate
 from .io import check_finite, check_image, read_box
 from .model import UNet, resolve_device
 from .tiling import Tile, TilePlan, plan_tiles
@@ -28,6 +30,7 @@ MAX_LEADING_AXES = 2
 # auto batch: about this many input pixels per forward pass (small tiles batch up to 32)
 BATCH_PIXELS = 2**21
 MAX_AUTO_BATCH = 32
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -93,6 +96,23 @@ def _autocast(device: torch.device, amp: str | None):
     return torch.autocast("cuda", dtype=dtype)
 
 
+class _TileOutOfMemory(Exception):
+    """Out of memory with one tile per batch: the tile must shrink."""
+
+
+def is_out_of_memory(err: BaseException) -> bool:
+    """Whether ``err`` is a device out-of-memory error (CUDA, MPS, or a CPU allocator)."""
+    return isinstance(err, torch.cuda.OutOfMemoryError) or (
+        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+
+
+def _free(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    elif device.type == "mps":
+        torch.mps.empty_cache()
+
+
 def _batches(tiles: Sequence[Tile], size: int) -> Iterator[Sequence[Tile]]:
     for i in range(0, len(tiles), size):
         yield tiles[i : i + size]
@@ -111,6 +131,8 @@ class Predictor:
         self.amp = amp
         self.batch_size = batch_size
         self.pad = pad
+        self.info: dict[str, Any] = {}  # what the last run did (tile, batch, out-of-memory notes)
+        self._batch = 1
 
     def _read(self, image: Any, tiles: Sequence[Tile], layout: AxisLayout, lead: tuple[int, ...],
               norm: tuple[float, float]) -> np.ndarray:
@@ -156,7 +178,13 @@ class Predictor:
         """Predict every pixel of ``image`` (numpy, zarr, dask, memmap).
 
         Returns ``out`` (or a new float32 numpy array) of shape
-        ``(embedding_dim + 1, *leading, *spatial)``.
+        ``(embedding_dim + 1, *leading, *spatial)``. ``tile=None``: the default tile for this
+        predictor's device (:func:`tiling.default_tile`).
+
+        A device out-of-memory error halves the batch and retries; at one tile per batch it
+        halves the tile (correct stitching, whose result does not depend on the tile) or
+        turns a whole-image pass into correct tiles (equal by Cor. 4). What was done is in
+        :attr:`info` (``notes``) and logged as a warning.
         """
         check_image(image)
         cfg = self.config
@@ -167,7 +195,7 @@ class Predictor:
             layout = axis_layout(image.shape, cfg.ndim, cfg.in_channels, 0)
         spatial = layout.spatial_shape(image.shape)
         leading = layout.leading_shape(image.shape)
-        plan = plan_tiles(spatial, cfg.geometry, tile, mode)
+        plan = plan_tiles(spatial, cfg.geometry, tile, mode, self.device)
         out_shape = (cfg.out_channels, *leading, *spatial)
         if out is None:
             out = np.empty(out_shape, dtype=np.float32)
@@ -177,12 +205,28 @@ class Predictor:
             check_finite(np.asarray(image))
         norm = normalize.normalization_params(image, cfg.normalization)
         planes = list(np.ndindex(*leading)) if leading else [()]
+        self.info = {"device": str(self.device), "mode": mode, "out_of_memory": 0, "notes": []}
+        self._batch = min(self.batch_size or auto_batch_size(plan), len(planes) * len(plan))
+        while True:
+            self.info.update(tile=list(plan.tile_shape), n_tiles=len(plan))
+            try:
+                self._run_plan(image, plan, layout, planes, norm, out, progress, cancel)
+                break
+            except _TileOutOfMemory:
+                pass  # outside the except block: the error's frames hold device tensors
+            _free(self.device)
+            plan = self._smaller_plan(plan, spatial)
+        self.info["batch_size"] = self._batch
+        return out
+
+    def _run_plan(self, image: Any, plan: TilePlan, layout: AxisLayout,
+                  planes: list[tuple[int, ...]], norm: tuple[float, float], out: Any,
+                  progress: ProgressFn | None, cancel: Any) -> None:
         total = len(planes) * len(plan.tiles)
         done = 0
         if progress is not None:
             progress(0, total)
-        batch = self.batch_size or auto_batch_size(plan)
-        work = [(lead, b) for lead in planes for b in _batches(plan.tiles, batch)]
+        work = [(lead, b) for lead in planes for b in _batches(plan.tiles, self._batch)]
         # read the next batch while the current one runs on the device
         with ThreadPoolExecutor(max_workers=1) as pool:
             future = pool.submit(self._read, image, work[0][1], layout, work[0][0], norm)
@@ -194,7 +238,7 @@ class Predictor:
                 if i + 1 < len(work):
                     nl, nb = work[i + 1]
                     future = pool.submit(self._read, image, nb, layout, nl, norm)
-                y = self._forward(x)
+                y = self._forward_batched(x)
                 for t, yt in zip(batch, y):
                     out[(slice(None), *lead, *t.output_roi.to_slices())] = yt[
                         (slice(None), *t.crop.to_slices())
@@ -202,7 +246,49 @@ class Predictor:
                 done += len(batch)
                 if progress is not None:
                     progress(done, total)
-        return out
+
+    def _forward_batched(self, x: np.ndarray) -> np.ndarray:
+        """``_forward`` in chunks of ``self._batch`` tiles, halving it on out-of-memory."""
+        outs, i = [], 0
+        while i < len(x):
+            size = min(self._batch, len(x) - i)
+            try:
+                outs.append(self._forward(x[i : i + size]))
+                i += size
+                continue
+            except RuntimeError as err:
+                if not is_out_of_memory(err):
+                    raise
+            _free(self.device)
+            self.info["out_of_memory"] += 1
+            if size == 1:
+                raise _TileOutOfMemory
+            self._batch = size // 2
+            self._note(f"out of memory on {self.device} at batch {size}: "
+                       f"retrying with batch {self._batch}")
+        return np.concatenate(outs) if len(outs) > 1 else outs[0]
+
+    def _smaller_plan(self, plan: TilePlan, spatial: Sequence[int]) -> TilePlan:
+        """The plan to retry with after an out-of-memory error at batch 1."""
+        geo = self.config.geometry
+        tile = Coordinate(max(g, (t // 2) // g * g) for t, g in zip(plan.tile_shape, geo.grid))
+        if plan.mode == "naive":
+            raise NSEError(
+                f"out of memory on {self.device} with one naive tile of "
+                f"{tuple(plan.tile_shape)}: choose a smaller tile (it changes a naive result) "
+                f"or use correct stitching"
+            )
+        if tile == plan.tile_shape:
+            raise NSEError(f"out of memory on {self.device} even with one tile of the grid "
+                           f"f^l = {tuple(geo.grid)}; use a smaller model or the CPU")
+        what = "the whole-image pass" if plan.mode == "whole" else f"tile {tuple(plan.tile_shape)}"
+        self._note(f"out of memory on {self.device} at batch 1 with {what}: retrying with "
+                   f"correct tiles {tuple(tile)} (same result)")
+        return plan_tiles(spatial, geo, tile, "correct", self.device)
+
+    def _note(self, text: str) -> None:
+        self.info["notes"].append(text)
+        log.warning(text)
 
     def plan(self, image_shape: Sequence[int], mode: str = "correct",
              tile: int | Sequence[int] | None = None,
@@ -210,7 +296,7 @@ class Predictor:
         """The tile plan ``run`` would use for an image of ``image_shape``."""
         cfg = self.config
         layout = axis_layout(image_shape, cfg.ndim, cfg.in_channels, channel_axis)
-        return plan_tiles(layout.spatial_shape(image_shape), cfg.geometry, tile, mode)
+        return plan_tiles(layout.spatial_shape(image_shape), cfg.geometry, tile, mode, self.device)
 
 
 def auto_batch_size(plan: TilePlan) -> int:

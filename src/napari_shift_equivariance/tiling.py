@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +32,14 @@ from .errors import NSEError
 from .geometry import Coordinate, Roi, UNetGeometry, as_tuple, snap_down
 
 MODES = ("correct", "naive", "whole")
-DEFAULT_TILE = {2: 512, 3: 128}
+# Largest default output tile per device kind and dimensionality. CPU: measured (512 tiles
+# are as fast as one whole-image pass there, docs/benchmarks.md). GPU: where compute follows
+# input pixels a tile pays ((out + context) / out)^d, so a depth-4 2D net (context 184) caps
+# 512-tiles near 0.64x of a 2048^2 pass and needs ~1000+ px for 0.85x; 2048 gives ~0.92x on
+# 4096^2 images. 3D stays at 256^3 (~15 GB of activations at 16 base channels): larger would
+# pay off but not fit most GPUs; an out-of-memory error halves the tile (predict.py).
+DEFAULT_TILES = {"cpu": {2: 512, 3: 128}, "gpu": {2: 2048, 3: 256}}
+DEFAULT_TILE = DEFAULT_TILES["cpu"]  # the CPU sizes; also the default block of scope="block"
 
 
 @dataclass(frozen=True)
@@ -114,11 +122,32 @@ class TilePlan:
         }
 
 
-def default_tile(geometry: UNetGeometry) -> Coordinate:
-    """The default output tile: ``n * f^l`` near 512 (2D) or 128 (3D) pixels per axis: large
-    tiles keep the valid-padding context overhead ``((out + context) / out)^d`` small."""
-    want = DEFAULT_TILE[geometry.ndim]
-    return Coordinate(max(g, (want // g) * g) for g in geometry.grid)
+def device_kind(device: Any = "cpu") -> str:
+    """``"cpu"`` or ``"gpu"`` (cuda, mps) for a device name or ``torch.device``; ``"auto"``
+    is resolved (cuda > mps > cpu)."""
+    name = str(device).strip().lower()
+    if name == "auto":
+        from .model import resolve_device  # torch only when asked to look at the machine
+
+        name = str(resolve_device("auto"))
+    return "gpu" if name.startswith(("cuda", "mps")) else "cpu"
+
+
+def default_tile(geometry: UNetGeometry, device: Any = "cpu",
+                 image_shape: Sequence[int] | None = None) -> Coordinate:
+    """The default output tile for ``device`` (see :data:`DEFAULT_TILES`), ``n * f^l`` per axis.
+
+    Large tiles keep the valid-padding context overhead ``((out + context) / out)^d`` small.
+    With ``image_shape`` the tile is balanced: the fewest tiles of at most the default size,
+    each as small as covers the image (2100 px in 2048-tiles: two 1056-px tiles, not
+    2048 + 52 px computed as two 2048-px tiles).
+    """
+    want = DEFAULT_TILES[device_kind(device)][geometry.ndim]
+    tile = [max(g, (want // g) * g) for g in geometry.grid]
+    if image_shape is not None:
+        tile = [min(t, g * -(-s // (g * -(-s // t))))
+                for t, g, s in zip(tile, geometry.grid, image_shape)]
+    return Coordinate(tile)
 
 
 def plan_tiles(
@@ -126,8 +155,11 @@ def plan_tiles(
     geometry: UNetGeometry,
     tile: int | Sequence[int] | None = None,
     mode: str = "correct",
+    device: Any = "cpu",
 ) -> TilePlan:
-    """Plan the tiles that cover an image of ``image_shape`` (spatial axes only)."""
+    """Plan the tiles that cover an image of ``image_shape`` (spatial axes only).
+
+    ``tile=None``: :func:`default_tile` for ``device``, balanced over the image."""
     if mode not in MODES:
         raise NSEError(f"stitch mode must be one of {', '.join(MODES)}, got {mode!r}")
     shape = Coordinate(image_shape)
@@ -143,7 +175,8 @@ def plan_tiles(
         tile_shape = shape
     else:
         requested = Coordinate(
-            as_tuple(tile, geometry.ndim, "tile") if tile is not None else default_tile(geometry)
+            as_tuple(tile, geometry.ndim, "tile") if tile is not None
+            else default_tile(geometry, device, shape)
         )
         if any(t < 1 for t in requested):
             raise NSEError(f"tile size must be positive, got {tuple(requested)}")
