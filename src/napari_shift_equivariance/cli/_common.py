@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import time
 from typing import Any
 
 from ..errors import NSEError
@@ -32,13 +33,29 @@ def emit(args: argparse.Namespace, data: dict[str, Any], text: str) -> None:
 
 
 class Progress:
-    """A tqdm bar on stderr, fed by the API's ``progress(done, total)`` callbacks."""
+    """Progress on stderr, fed by the API's ``progress(done, total)`` callbacks.
+
+    A tqdm bar on a terminal. Anywhere else (a log file, a pipe, a batch job) a bar's
+    carriage-return updates would pile up in the log, so a plain line is printed at every
+    ``LOG_STEP`` of the total, at most every ``LOG_EVERY_S`` seconds otherwise, and at the end.
+    """
+
+    LOG_STEP = 0.1
+    LOG_EVERY_S = 60.0
 
     def __init__(self, desc: str, quiet: bool = False):
         self.desc, self.quiet, self.bar = desc, quiet, None
+        self.tty: bool | None = None
+        self._total = self._next = -1
+        self._t0 = self._last = 0.0
 
     def __call__(self, done: int, total: int) -> None:
         if self.quiet:
+            return
+        if self.tty is None:
+            self.tty = bool(getattr(sys.stderr, "isatty", lambda: False)())
+        if not self.tty:
+            self._line(done, total)
             return
         if self.bar is None:
             from tqdm import tqdm
@@ -48,6 +65,22 @@ class Progress:
         self.bar.total = total
         self.bar.n = done
         self.bar.refresh()
+
+    def _line(self, done: int, total: int) -> None:
+        now = time.monotonic()
+        if total != self._total:  # a new run (or a new phase) starts its own count
+            self._total, self._t0, self._last = total, now, now
+            self._next = 0
+        step = max(1, int(total * self.LOG_STEP))
+        if done < self._next and now - self._last < self.LOG_EVERY_S and done < total:
+            return
+        if done >= total and self._next > total:
+            return  # the end was printed already
+        pct = 100 * done / total if total else 100.0
+        print(f"{self.desc}: {pct:3.0f}% ({done}/{total}) {now - self._t0:.1f} s",
+              file=sys.stderr, flush=True)
+        self._last = now
+        self._next = total + 1 if done >= total else (done // step + 1) * step
 
     def close(self) -> None:
         if self.bar is not None:
