@@ -26,6 +26,7 @@ def test_zarr_group_with_one_array(tmp_path):
     g.create_array("other", shape=(2, 2), dtype="f4")
     with pytest.raises(NSEError, match="2 arrays"):
         read_image(tmp_path / "g.zarr")
+    assert read_image(tmp_path / "g.zarr" / "other").shape == (2, 2)  # as the error suggests
 
 
 def test_bad_files(tmp_path):
@@ -34,8 +35,37 @@ def test_bad_files(tmp_path):
     with pytest.raises(NSEError, match="unsupported"):
         read_image(tmp_path / "x.png")
     (tmp_path / "bad.tif").write_bytes(b"nope")
-    with pytest.raises(NSEError, match="cannot read"):
+    with pytest.raises(NSEError, match="bad.tif is corrupt or not a TIFF"):
         read_image(tmp_path / "bad.tif")
+
+
+def test_corrupt_tif_says_so(tmp_path):
+    import tifffile
+
+    # a TIFF header with no image in it: tifffile itself returns shape (0,)
+    (tmp_path / "empty.tif").write_bytes(b"II*\x00" + bytes(100))
+    with pytest.raises(NSEError, match="empty.tif is not a readable TIFF.*corrupt"):
+        read_image(tmp_path / "empty.tif")
+    tifffile.imwrite(tmp_path / "good.tif", np.zeros((64, 64), np.uint16))
+    data = (tmp_path / "good.tif").read_bytes()
+    (tmp_path / "cut.tif").write_bytes(data[: len(data) // 3])  # truncated download
+    with pytest.raises(NSEError, match="cut.tif is corrupt"):
+        read_image(tmp_path / "cut.tif")
+
+
+@pytest.mark.parametrize("values, what", [(["a", "b"], "text"), ([b"a", b"b"], "bytes")])
+def test_non_numeric_npy_says_what_it_holds(tmp_path, values, what):
+    np.save(tmp_path / "s.npy", np.array([values, values]))
+    with pytest.raises(NSEError, match=f"s.npy holds {what}"):
+        read_image(tmp_path / "s.npy")
+    np.save(tmp_path / "o.npy", np.array([{}, 1], dtype=object), allow_pickle=True)
+    with pytest.raises(NSEError, match="o.npy holds Python objects"):
+        read_image(tmp_path / "o.npy")
+
+
+def test_outputs_only_in_writable_formats(tmp_path):
+    with pytest.raises(NSEError, match="unsupported output type .czi"):
+        write_array(tmp_path / "x.czi", np.zeros((2, 2)))
 
 
 def test_interrupted_write_leaves_nothing(tmp_path):

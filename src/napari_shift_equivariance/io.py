@@ -1,4 +1,7 @@
-"""Reading and writing images (tif, npy, zarr) without ever leaving a half-written output.
+"""Reading and writing images without ever leaving a half-written output.
+
+Which reader opens which file (tif, npy, zarr, OME-Zarr, czi/nd2/lif/OME-TIFF) is decided in
+:mod:`.formats`; OME-Zarr labels are written by :mod:`.omezarr`.
 
 Outputs are written to ``<name>.partial`` next to the target and renamed when complete, so an
 interrupted run leaves no file that looks finished, and an existing file is never replaced
@@ -19,43 +22,35 @@ import numpy as np
 from .errors import NSEError
 from .geometry import Roi
 
-IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")
+#: what ``read_image`` opens (czi/nd2/lif and OME-TIFF metadata need the ``formats`` extra)
+IMAGE_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr", ".czi", ".nd2", ".lif")
+#: what ``write_array``/``write_labels`` write
+OUTPUT_SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")
 PAD_MODES = ("reflect", "symmetric", "edge", "zero")
 
 
-def _suffix(path: Path) -> str:
+def _suffix(path: Path, output: bool = False) -> str:
     s = path.suffix.lower()
-    if s not in IMAGE_SUFFIXES:
-        raise NSEError(
-            f"{path.name}: unsupported file type {s or '(none)'}; use .tif, .tiff, .npy or .zarr"
-        )
+    if not output and not s and any(p.lower().endswith(".zarr") for p in path.parts[:-1]):
+        s = ".zarr"  # an array inside a zarr group: g.zarr/NAME
+    allowed = OUTPUT_SUFFIXES if output else IMAGE_SUFFIXES
+    if s not in allowed:
+        names = ", ".join(allowed[:-1]) + " or " + allowed[-1]
+        what = "output" if output else "file"
+        raise NSEError(f"{path.name}: unsupported {what} type {s or '(none)'}; use {names}")
     return s
 
 
-def read_image(path: str | os.PathLike, lazy: bool = True) -> Any:
-    """Open an image. ``.zarr`` stays lazy (a zarr array) unless ``lazy=False``; ``.npy`` is
-    memory-mapped; ``.tif`` is read into memory."""
-    path = Path(path)
-    suffix = _suffix(path)
-    if not path.exists():
-        raise NSEError(f"image {path} does not exist")
-    try:
-        if suffix == ".npy":
-            arr = np.load(path, mmap_mode="r" if lazy else None, allow_pickle=False)
-        elif suffix in (".tif", ".tiff"):
-            import tifffile
+def read_image(path: str | os.PathLike, lazy: bool = True, *, level: int = 0,
+               scene: int | str | None = None, channel: int | str | None = None) -> Any:
+    """Open an image. ``.zarr`` (plain or OME-Zarr, resolution ``level``) stays lazy (a zarr
+    array) unless ``lazy=False``; ``.npy`` is memory-mapped; ``.tif`` is read into memory;
+    czi/nd2/lif/OME-TIFF (the ``formats`` extra) are lazy arrays of one ``scene``.
+    ``channel`` (index or name) keeps one channel. For the axes and physical pixel size use
+    :func:`formats.image_metadata` or :func:`formats.open_image`."""
+    from .formats import open_image
 
-            arr = tifffile.imread(path)
-        else:
-            arr = _open_zarr(path)
-            if not lazy:
-                arr = arr[...]
-    except NSEError:
-        raise
-    except Exception as exc:  # noqa: BLE001 - readers raise many types on corrupt files
-        message = f"cannot read {path}: {type(exc).__name__}: {exc}".splitlines()[0]
-        raise NSEError(message) from None
-    return arr
+    return open_image(path, lazy=lazy, level=level, scene=scene, channel=channel)[0]
 
 
 def _open_zarr(path: Path) -> Any:
@@ -172,7 +167,7 @@ def write_array(path: str | os.PathLike, data: np.ndarray, overwrite: bool = Fal
                 chunks: Sequence[int] | None = None) -> Path:
     """Write an array as ``.tif``, ``.npy`` or ``.zarr``, atomically."""
     path = Path(path)
-    suffix = _suffix(path)
+    suffix = _suffix(path, output=True)
     with atomic_path(path, overwrite) as tmp:
         if suffix == ".npy":
             with open(tmp, "wb") as fh:
@@ -197,6 +192,64 @@ def create_zarr(path: str | os.PathLike, shape: Sequence[int], dtype: Any,
     )
 
 
-def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = False) -> Path:
-    """Labels are written as uint32, 0 = background."""
-    return write_array(path, np.asarray(labels).astype(np.uint32, copy=False), overwrite)
+def write_labels(path: str | os.PathLike, labels: np.ndarray, overwrite: bool = False, *,
+                 metadata: dict | None = None) -> Path:
+    """Labels are written as uint32, 0 = background.
+
+    ``metadata`` (from :func:`formats.image_metadata` of the image) carries the axes and the
+    physical pixel size on: into OME-TIFF metadata for ``.tif``. A path ending ``.ome.zarr``
+    becomes a new OME-Zarr label image, and ``IMAGE.zarr/labels/NAME`` adds labels ``NAME`` to
+    the OME-Zarr image ``IMAGE.zarr``; a plain ``.zarr`` stays a plain zarr array.
+    """
+    from .omezarr import labels_target, write_omezarr_labels
+
+    path = Path(path)
+    labels = np.asarray(labels).astype(np.uint32, copy=False)
+    target = labels_target(path)
+    axes, scale, units = _labels_axes(metadata, labels.ndim)
+    if target is not None:
+        store, name = target
+        write_omezarr_labels(store, labels, name=name, axes=axes, scale=scale, units=units,
+                             overwrite=overwrite)
+        return path
+    if metadata is not None and _suffix(path, output=True) in (".tif", ".tiff"):
+        return _write_ome_tif(path, labels, axes, scale, units, overwrite)
+    return write_array(path, labels, overwrite)
+
+
+def _labels_axes(metadata: dict | None, ndim: int) -> tuple[Any, Any, Any]:
+    """The image's axes/scale/units for labels of ``ndim`` axes (the channel axis dropped)."""
+    if not metadata or not metadata.get("axes"):
+        scale = list((metadata or {}).get("scale") or [])
+        return None, (scale if len(scale) == ndim else None), None
+    axes = list(metadata["axes"])
+    scale = list(metadata.get("scale") or [1.0] * len(axes))
+    if len(axes) != ndim and "c" in axes:
+        i = axes.index("c")
+        axes, scale = axes[:i] + axes[i + 1:], scale[:i] + scale[i + 1:]
+    if len(axes) != ndim:
+        return None, None, None
+    units = {a: u for a, u in (metadata.get("units") or {}).items() if a in axes}
+    return axes, scale, units
+
+
+def _write_ome_tif(path: Path, labels: np.ndarray, axes: list[str] | None, scale: Any,
+                   units: dict | None, overwrite: bool) -> Path:
+    import tifffile
+
+    axes = axes or list({2: "yx", 3: "zyx", 4: "tzyx", 5: "tczyx"}.get(labels.ndim, "")) or None
+    meta: dict[str, Any] = {}
+    if axes is not None:
+        meta["axes"] = "".join(axes).upper()
+        for a, s in zip(axes, scale or [1.0] * len(axes)):
+            if a in "zyx":
+                meta[f"PhysicalSize{a.upper()}"] = float(s)
+                unit = (units or {}).get(a)
+                if unit:
+                    meta[f"PhysicalSize{a.upper()}Unit"] = _OME_UNITS.get(unit, unit)
+    with atomic_path(path, overwrite) as tmp:
+        tifffile.imwrite(tmp, labels, compression="zlib", ome=True, metadata=meta or None)
+    return path
+
+
+_OME_UNITS = {"micrometer": "µm", "nanometer": "nm", "millimeter": "mm"}

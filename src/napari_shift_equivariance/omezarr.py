@@ -129,6 +129,19 @@ def read_omezarr(path: str | os.PathLike, level: int = 0) -> tuple[Any, dict]:
     return arr, meta
 
 
+def labels_target(path: str | os.PathLike) -> tuple[Path, str] | None:
+    """Where labels named by an output path go as OME-Zarr: ``IMAGE.zarr/labels/NAME`` (an
+    existing OME-Zarr image) gives ``(IMAGE.zarr, NAME)``, ``X.ome.zarr`` gives
+    ``(X.ome.zarr, "labels")``; anything else (a plain ``.zarr`` too) gives ``None``."""
+    path = Path(path)
+    image = path.parent.parent
+    if path.parent.name == "labels" and is_omezarr(image) and not _is_root_label(image):
+        return image, path.name
+    if path.name.lower().endswith(".ome.zarr"):
+        return path, "labels"
+    return None
+
+
 def omezarr_levels(path: str | os.PathLike) -> tuple[list[Any], dict]:
     """Every resolution level (largest first) and the level-0 metadata (for a multiscale layer)."""
     arr, meta = read_omezarr(path, 0)
