@@ -84,6 +84,22 @@ def test_groups_never_share_a_cluster():
     assert labels.max() + 1 == 2 * (mean_shift(x, 2.5, "cpu").max() + 1)
 
 
+def test_a_group_gets_the_clusters_it_would_get_alone():
+    # Each group is centred on its own mean and takes its own code paths (the coarse pass on
+    # bins at >= 50,000 points, seeding by points when each is alone in a bin), so clustering
+    # components in one call or in several gives the same partition of each (blockwise).
+    big, _ = blobs(50_000, 3, 6, 12.0, seed=4)  # coarse pass
+    small, _ = blobs(400, 3, 3, 12.0, seed=7)
+    sparse = np.random.default_rng(8).normal(size=(30, 3)) * 40.0 + 500.0  # one per bin
+    parts = [big, small + 300.0, sparse]
+    x = np.concatenate(parts)
+    groups = np.repeat(np.arange(3), [len(p) for p in parts])
+    together = mean_shift(x, 2.0, "cpu", groups=groups)
+    for k, part in enumerate(parts):
+        alone = mean_shift(part, 2.0, "cpu")
+        assert adjusted_rand_score(alone, together[groups == k]) == 1.0, k
+
+
 def test_single_point_and_duplicates():
     assert mean_shift(np.zeros((1, 3)), 1.0, "cpu").tolist() == [0]
     assert mean_shift(np.ones((50, 2)), 1.0, "cpu").tolist() == [0] * 50

@@ -144,7 +144,7 @@ def test_save_comparison_atomic_and_refuses_overwrite(tmp_path):
 def test_compare_with_a_model():
     model = _model(3)
     image, gt = data.nuclei((56, 64), seed=2, radius=(4, 7))
-    res = compare(model, image, 20, gt=gt, device="cpu", seed=1)
+    res = compare(model, image, 20, gt=gt, device="cpu", bandwidth=1.5)
     s = res.summary
     assert res.naive.plan.mode == "naive" and res.correct.plan.mode == "correct"
     assert s["naive"]["tile"] == [20, 20] and s["correct"]["tile"] == [16, 16]
@@ -155,7 +155,7 @@ def test_compare_with_a_model():
         assert {"n_instances", "seam_splits", "ap50", "false_splits", "false_merges",
                 "embedding_seam_statistic"} <= set(s[mode])
         assert 0.0 <= s[mode]["ap50"] <= 1.0
-    assert res.correct.info["seed"] == res.naive.info["seed"] == 1
+    assert res.correct.info["bandwidth"] == res.naive.info["bandwidth"] == 1.5
     json.dumps(s)
 
 

@@ -52,14 +52,33 @@ def test_correct_tiling_gives_the_whole_image_partition(ndim, depth, shape, tile
     whole = segment(model, image, "whole", **kw)
     assert whole.labels.dtype == np.uint32 and whole.labels.shape == shape
     assert whole.n_instances > 5
+    # Correct tiles give the whole-image embeddings up to float rounding (~1e-7, tested in
+    # test_predict). Random weights and a bandwidth of a fifth of the spread cut a continuum
+    # of embeddings into many clusters, so a few pixels sit within rounding of a mean-shift
+    # decision boundary: the partitions agree but for those (measured ARI >= 0.998 over 12
+    # images). Exact equality on well-separated embeddings: the default-model test below.
+    worst = 1.0
     for tile in tiles:
         tiled = segment(model, image, "correct", tile, **kw)
         assert tiled.plan.mode == "correct" and len(tiled.plan) > 1
-        assert _ari(tiled.labels, whole.labels) == 1.0, tile
-        assert tiled.n_instances == whole.n_instances
-    # naive tiles off the grid change the partition (same model, threshold, bandwidth)
+        worst = min(worst, _ari(tiled.labels, whole.labels))
+        assert worst >= 0.995, tile
+    # naive tiles off the grid change the partition far more (same model, threshold, bandwidth)
     naive = segment(model, image, "naive", 10 if ndim == 2 else (5, 7, 7), **kw)
-    assert _ari(naive.labels, whole.labels) < 1.0
+    assert _ari(naive.labels, whole.labels) < min(worst, 0.99)
+
+
+@pytest.mark.parametrize("tile", [16, 32, (24, 40)])
+def test_correct_tiling_equals_the_whole_image_labels_with_the_default_model(tile):
+    from napari_shift_equivariance.model import load_model
+
+    model = load_model("default")
+    image, _ = data.nuclei((96, 112), seed=4)
+    whole = segment(model, image, "whole", device="cpu")
+    tiled = segment(model, image, "correct", tile, device="cpu")
+    assert whole.n_instances > 5 and len(tiled.plan) > 1
+    assert _ari(tiled.labels, whole.labels) == 1.0
+    assert tiled.n_instances == whole.n_instances
 
 
 def test_labels_sequential_and_small_fragments_removed():
@@ -146,18 +165,20 @@ def test_bad_options(kwargs, match):
         segment(_model(), image, mode, tile, device="cpu", **kwargs)
 
 
-def test_progress_stages_seed_and_cancel():
+def test_progress_stages_determinism_and_cancel():
     model = _model()
     image, _ = _nuclei((40, 44))
     calls = []
-    a = segment(model, image, "correct", 12, device="cpu", seed=3,
+    a = segment(model, image, "correct", 12, device="cpu",
                 progress=lambda s, d, t: calls.append((s, d, t)))
     stages = [c[0] for c in calls]
     assert stages[0] == "predict" and stages[-1] == "cluster"
     assert stages.index("cluster") > max(i for i, s in enumerate(stages) if s == "predict")
     assert calls[-1][1] == calls[-1][2]
-    b = segment(model, image, "correct", 12, device="cpu", seed=3)
-    np.testing.assert_array_equal(a.labels, b.labels)
+    b = segment(model, image, "correct", 12, device="cpu")
+    np.testing.assert_array_equal(a.labels, b.labels)  # no randomness: same image, same labels
+    with pytest.raises(TypeError):  # the clustering has no seed (it would do nothing)
+        segment(model, image, "correct", 12, device="cpu", seed=3)
     assert set(a.info["times"]) >= {"predict", "cluster", "total"}
     stop = threading.Event()
     stop.set()

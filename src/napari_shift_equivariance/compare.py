@@ -1,7 +1,7 @@
 """Naive vs correct stitching on one image, the tile-size sweep, and their figures.
 
-:func:`compare` segments an image twice with the same model, tile request, clustering and
-seed: once with naive tiles (exactly the requested size, at multiples of it) and once with
+:func:`compare` segments an image twice with the same model, tile request and (deterministic)
+clustering: once with naive tiles (exactly the requested size, at multiples of it) and once with
 correct tiles (``n * f^l`` on the global ``f^l`` grid, equal to the whole-image pass). Objects
 of the correct segmentation that the naive one splits at its tile borders are false splits
 caused by stitching (the *split map*).
@@ -190,7 +190,7 @@ def compare(model: UNet | str, image: Any, tile: int | Sequence[int], *, gt: Any
             progress: Any = None, **segment_kwargs: Any) -> CompareResult:
     """Segment ``image`` with naive and with correct stitching and compare them.
 
-    ``segment_kwargs`` go to :func:`segment.segment` for both runs (bandwidth, scope, seed,
+    ``segment_kwargs`` go to :func:`segment.segment` for both runs (bandwidth, scope, ``cluster``,
     ...). ``gt`` (labels of the image's shape without channel axis) adds AP@0.5 and false
     splits/merges. ``progress(stage, done, total)`` gets stages ``naive predict``,
     ``naive cluster``, ``correct predict``, ``correct cluster``.
@@ -225,7 +225,7 @@ def compare_results(naive: SegmentResult, correct: SegmentResult,
         "split_objects": int(split["count"]),
         "seam_reference": "other stitching" if gt is None else "ground truth",
         "clustering": {k: info[k] for k in ("bandwidth", "scope", "min_size", "fg_threshold",
-                                            "seed")},
+                                            "backend")},
         "definitions": {"seam_splits": SEAM_DEFINITION, "split_objects": SPLIT_MAP_DEFINITION,
                         "embedding_seam_statistic": EMBEDDING_DEFINITION,
                         **({"false_splits_merges": SPLIT_DEFINITION, "ap50": AP_DEFINITION}

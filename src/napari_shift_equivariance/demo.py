@@ -4,7 +4,7 @@
 2. Correct tiles (``n * f^l`` on the global ``f^l`` grid) reproduce the whole-image pass;
    naive tiles (the network's own valid output size, pasted uncropped, as most tools do) do
    not: the maximum absolute difference of the network outputs shows it.
-3. Both stitchings are segmented with the same clustering and seed and scored against the
+3. Both stitchings are segmented with the same (deterministic) clustering and scored against the
    generator's ground truth: seam splits, AP@0.5, false splits and merges.
 4. The comparison figure, the label images and ``summary.json`` are written to a folder.
 """
@@ -23,8 +23,9 @@ from .compare import check_output_dir, compare_results, format_summary, save_com
 from .errors import NSEError
 from .geometry import Coordinate
 from .model import UNet, load_model
+from .options import ClusterOptions
 from .predict import Predictor
-from .segment import default_bandwidth, segment_prediction
+from .segment import segment_prediction
 from .tiling import TilePlan
 
 SHAPES = {False: (512, 512), True: (256, 256)}
@@ -131,16 +132,16 @@ def run_demo(
         verdict = "equal (Cor. 4)" if equal[m] else "DIFFERENT at the tile borders"
         say(f"   {m:8} tiles: max |difference| = {diff[m]:.2g}  -> {verdict}")
 
-    bw = default_bandwidth(cfg)
-    say(f"5. segmentation: foreground > 0.5, mean-shift (bandwidth {bw:.3g}, scope {scope}, "
-        f"seed {seed}), the same for every run")
+    opts = ClusterOptions(scope=scope).resolve(cfg)
+    say(f"5. segmentation: foreground > {opts.fg_threshold:.3g}, mean-shift (bandwidth "
+        f"{opts.bandwidth:.3g}, scope {scope}), the same for every run")
     plans["whole"] = predictor.plan(shape, "whole")
     results = {}
     for mode in ("whole", "naive", "correct"):
         stage = None if progress is None else (
             lambda d, t, m=mode: progress(f"cluster {m}", d, t))
-        results[mode] = segment_prediction(preds[mode], plans[mode], cfg, bandwidth=bw,
-                                           scope=scope, seed=seed, device=device,
+        results[mode] = segment_prediction(preds[mode], plans[mode], cfg, cluster=opts,
+                                           device=device,
                                            progress=stage)
         results[mode].info["times"]["predict"] = times[f"predict_{mode}"]
         times[f"cluster_{mode}"] = results[mode].info["times"]["cluster"]

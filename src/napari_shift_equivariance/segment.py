@@ -20,16 +20,18 @@ import numpy as np
 from .data import relabel_sequential
 from .errors import Cancelled, NSEError
 from .model import ModelConfig, UNet, load_model
+from .options import DEFAULT_MIN_SIZE, SCOPES, ClusterOptions
 from .predict import Predictor
-from .tiling import DEFAULT_TILE, TilePlan
-
-SCOPES = ("component", "global", "block")
-#: Instances with fewer pixels are removed unless ``min_size`` says otherwise: smaller than
-#: any nucleus the default models see, larger than the slivers a seam or a noisy border leaves.
-DEFAULT_MIN_SIZE = {2: 10, 3: 30}
+from .tiling import TilePlan
 
 #: ``progress(stage, done, total)``, stages ``"predict"`` then ``"cluster"``.
 StageProgress = Callable[[str, int, int], None]
+
+__all__ = [
+    "DEFAULT_MIN_SIZE", "SCOPES", "ClusterOptions", "EmptyForegroundWarning", "SegmentResult",
+    "cluster_options", "default_bandwidth", "instances_from_prediction", "segment",
+    "segment_prediction",
+]
 
 
 class EmptyForegroundWarning(UserWarning):
@@ -54,63 +56,56 @@ class SegmentResult:
 
 def default_bandwidth(config: ModelConfig) -> float:
     """The model's calibrated bandwidth (``config.extra["bandwidth"]``, set by training
-    recipes that tune it on training images) or else one from the loss margins."""
-    from .clustering import estimate_bandwidth_from_margins
+    calibration) or else one from the loss margins."""
+    return float(ClusterOptions().resolve(config).bandwidth)
 
-    calibrated = (config.extra or {}).get("bandwidth")
-    if calibrated is not None and float(calibrated) > 0:
-        return float(calibrated)
-    loss = config.loss or {}
-    return float(estimate_bandwidth_from_margins(float(loss.get("delta_v", 0.5)),
-                                                 float(loss.get("delta_d", 3.0))))
+
+def cluster_options(cluster: ClusterOptions | None = None, **overrides: Any) -> ClusterOptions:
+    """``cluster`` (default: all defaults) with the keyword values that are not None."""
+    base = ClusterOptions() if cluster is None else cluster
+    if not isinstance(base, ClusterOptions):
+        raise NSEError(f"cluster must be a ClusterOptions, got {type(base).__name__}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return base.replace(**changes) if changes else base
 
 
 def check_options(bandwidth: float | None, scope: str, min_size: int | None,
-                  fg_threshold: float) -> None:
+                  fg_threshold: float | None) -> None:
     """One clear error for each bad clustering option."""
-    if bandwidth is not None and not (np.isfinite(bandwidth) and bandwidth > 0):
-        raise NSEError(f"bandwidth must be a positive number, got {bandwidth}")
-    if scope not in SCOPES:
-        raise NSEError(f"scope must be one of {', '.join(SCOPES)}, got {scope!r}")
-    if min_size is not None and (int(min_size) != min_size or min_size < 0):
-        raise NSEError(f"min size must be a non-negative integer, got {min_size}")
-    if not 0 < fg_threshold < 1:
-        raise NSEError(f"foreground threshold must lie strictly between 0 and 1, got "
-                       f"{fg_threshold}")
+    ClusterOptions(bandwidth=bandwidth, scope=scope, min_size=min_size,
+                   fg_threshold=fg_threshold)
 
 
 def instances_from_prediction(
     prediction: np.ndarray,
     ndim: int,
+    cluster: ClusterOptions | None = None,
     *,
-    bandwidth: float,
-    scope: str = "component",
-    min_size: int | None = None,
-    fg_threshold: float = 0.5,
-    seed: int = 0,
     device: str = "auto",
-    block_shape: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Any = None,
+    **options: Any,
 ) -> tuple[np.ndarray, dict[str, Any]]:
     """Cluster a network output ``(E + 1, *leading, *spatial)`` into uint32 labels.
 
-    Every plane over the leading axes is clustered on its own; labels are sequential over
-    the whole array. ``min_size=None``: :data:`DEFAULT_MIN_SIZE`; ``block_shape`` (scope
-    ``"block"`` only): :data:`tiling.DEFAULT_TILE` per axis. Returns the labels and
-    ``{"n_instances", "n_foreground", "min_size", "warnings"}``.
+    ``cluster`` (with ``options``, the fields of :class:`ClusterOptions`, overriding it) must
+    give a bandwidth; an unset foreground threshold is 0.5, an unset ``min_size``
+    :data:`DEFAULT_MIN_SIZE` and an unset ``block_shape`` (scope ``"block"``) the default
+    tile. Every plane over the leading axes is clustered on its own; labels are sequential
+    over the whole array. Returns the labels and ``{"n_instances", "n_foreground",
+    "min_size", "warnings"}``.
     """
     from .clustering import cluster_embeddings
 
-    check_options(bandwidth, scope, min_size, fg_threshold)
-    min_size = DEFAULT_MIN_SIZE[ndim] if min_size is None else int(min_size)
-    if scope == "block" and block_shape is None:
-        block_shape = (DEFAULT_TILE[ndim],) * ndim
+    opts = cluster_options(cluster, **options)
+    if opts.bandwidth is None:
+        raise NSEError("clustering a prediction needs a bandwidth")
+    opts = opts.resolve(_Plain(ndim))
     prediction = np.asarray(prediction)
     if prediction.ndim < ndim + 1 or prediction.shape[0] < 2:
         raise NSEError(f"a prediction needs shape (E + 1, ..., *{ndim} spatial axes), got "
                        f"{prediction.shape}")
-    foreground = prediction[-1] > fg_threshold
+    foreground = prediction[-1] > opts.fg_threshold
     leading = prediction.shape[1 : prediction.ndim - ndim]
     planes = list(np.ndindex(*leading)) if leading else [()]
     labels = np.zeros(prediction.shape[1:], dtype=np.uint32)
@@ -125,9 +120,10 @@ def instances_from_prediction(
             inner = None if progress is None else (
                 lambda d, t, i=i: progress(100 * i + round(100 * d / max(t, 1)), steps))
             emb = np.ascontiguousarray(prediction[(slice(0, -1), *idx)])
-            plane = cluster_embeddings(emb, fg, bandwidth, scope=scope, min_size=min_size,
-                                       block_shape=block_shape, seed=seed, device=device,
-                                       progress=inner, cancel=stop)
+            plane = cluster_embeddings(emb, fg, opts.bandwidth, scope=opts.scope,
+                                       min_size=opts.min_size, block_shape=opts.block_shape,
+                                       backend=opts.backend, device=device, progress=inner,
+                                       cancel=stop)
             plane, k = relabel_sequential(np.asarray(plane), start=count + 1)
             labels[idx] = plane
             count += k
@@ -139,17 +135,26 @@ def instances_from_prediction(
     notes = []
     if n_fg == 0:
         notes.append(
-            f"no pixel has foreground probability > {fg_threshold}: the labels are all zero "
-            f"(maximum probability {float(prediction[-1].max()):.3g}; try a lower threshold "
-            f"or check the image and model)"
+            f"no pixel has foreground probability > {opts.fg_threshold}: the labels are all "
+            f"zero (maximum probability {float(prediction[-1].max()):.3g}; try a lower "
+            f"threshold or check the image and model)"
         )
     elif count == 0:
         notes.append(f"{n_fg} foreground pixels but every cluster was smaller than the "
-                     f"minimum size {min_size}: the labels are all zero")
+                     f"minimum size {opts.min_size}: the labels are all zero")
     for note in notes:
         warnings.warn(note, EmptyForegroundWarning, stacklevel=2)
-    return labels, {"n_instances": count, "n_foreground": n_fg, "min_size": min_size,
+    return labels, {"n_instances": count, "n_foreground": n_fg, "min_size": opts.min_size,
                     "warnings": notes}
+
+
+@dataclass(frozen=True)
+class _Plain:
+    """A stand-in model config with no calibration, for :meth:`ClusterOptions.resolve`."""
+
+    ndim: int
+    extra: None = None
+    loss: None = None
 
 
 def _as_callable(cancel: Any) -> Callable[[], bool] | None:
@@ -174,16 +179,17 @@ def segment(
     tile: int | Sequence[int] | None = None,
     *,
     bandwidth: float | None = None,
-    scope: str = "component",
+    scope: str | None = None,
     min_size: int | None = None,
-    fg_threshold: float = 0.5,
+    fg_threshold: float | None = None,
+    backend: str | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     amp: str | None = None,
     pad: str = "reflect",
-    seed: int = 0,
     channel_axis: int | None = None,
     block_shape: Sequence[int] | None = None,
+    cluster: ClusterOptions | None = None,
     progress: StageProgress | None = None,
     cancel: Any = None,
 ) -> SegmentResult:
@@ -199,30 +205,29 @@ def segment(
     mode, tile
         Stitching: ``"whole"`` (one pass), ``"correct"`` (``n*f^l`` tiles on the global
         grid: equal to ``"whole"``) or ``"naive"`` (tiles of exactly ``tile``).
-    bandwidth
-        Mean-shift bandwidth in embedding units; default from the model's loss margins.
-    scope
-        What mean-shift sees at once: each foreground ``"component"``, the whole plane
-        (``"global"``) or spatial ``"block"``\\ s (see :mod:`clustering`).
-    min_size
-        Instances with fewer pixels are removed (``None``: :data:`DEFAULT_MIN_SIZE`).
-    fg_threshold
-        Pixels with foreground probability above this are clustered.
-    seed
-        Seed of the clustering: same seed, same labels.
-    block_shape
-        Block size of ``scope="block"`` (default :data:`tiling.DEFAULT_TILE` per axis); it
-        does not depend on the tiles, so every stitch mode clusters the same way.
+    bandwidth, fg_threshold, min_size
+        Mean-shift bandwidth in embedding units, foreground probability threshold, smallest
+        instance in pixels; ``None``: the model's calibrated values (see
+        :class:`~.options.ClusterOptions`).
+    scope, block_shape, backend
+        What mean-shift sees at once (``"component"``, ``"global"`` or ``"block"``), the block
+        size for ``"block"``, and the mean-shift implementation (``"torch"``, ``"sklearn"``).
+    cluster
+        The clustering options as one :class:`~.options.ClusterOptions`; the keywords above,
+        where given, override it.
     progress
         ``progress(stage, done, total)`` with stages ``"predict"`` then ``"cluster"``.
     cancel
         A callable or ``threading.Event``; when set the work stops with :class:`Cancelled`.
+
+    The clustering is deterministic: the same image and options give the same labels.
     """
     if not isinstance(model, UNet):
         model = load_model(model)
     config = model.config
-    check_options(bandwidth, scope, min_size, fg_threshold)
-    bw = default_bandwidth(config) if bandwidth is None else float(bandwidth)
+    opts = cluster_options(cluster, bandwidth=bandwidth, scope=scope, min_size=min_size,
+                           fg_threshold=fg_threshold, backend=backend,
+                           block_shape=block_shape).resolve(config)
 
     predictor = Predictor(model, device, amp, batch_size, pad)
     plan = predictor.plan(image.shape, mode, tile, channel_axis)
@@ -230,11 +235,9 @@ def segment(
     prediction = predictor.run(image, mode, tile, channel_axis=channel_axis,
                                progress=_stage(progress, "predict"), cancel=cancel)
     t1 = time.perf_counter()
-    result = segment_prediction(
-        prediction, plan, config, bandwidth=bw, scope=scope, min_size=min_size,
-        fg_threshold=fg_threshold, seed=seed, device=str(predictor.device),
-        block_shape=block_shape, progress=_stage(progress, "cluster"), cancel=cancel,
-    )
+    result = segment_prediction(prediction, plan, config, cluster=opts,
+                                device=str(predictor.device),
+                                progress=_stage(progress, "cluster"), cancel=cancel)
     result.info["times"]["predict"] = t1 - t0
     result.info["times"]["total"] += t1 - t0
     return result
@@ -245,24 +248,21 @@ def segment_prediction(
     plan: TilePlan,
     config: ModelConfig,
     *,
-    bandwidth: float | None = None,
-    scope: str = "component",
-    min_size: int | None = None,
-    fg_threshold: float = 0.5,
-    seed: int = 0,
+    cluster: ClusterOptions | None = None,
     device: str = "auto",
-    block_shape: Sequence[int] | None = None,
     progress: Callable[[int, int], None] | None = None,
     cancel: Any = None,
+    **options: Any,
 ) -> SegmentResult:
-    """The clustering half of :func:`segment`, for a prediction already made with ``plan``."""
-    bw = default_bandwidth(config) if bandwidth is None else float(bandwidth)
+    """The clustering half of :func:`segment`, for a prediction already made with ``plan``.
+
+    ``cluster`` and ``options`` (fields of :class:`ClusterOptions` that override it) are
+    resolved against the model ``config``.
+    """
+    opts = cluster_options(cluster, **options).resolve(config)
     t0 = time.perf_counter()
-    labels, cinfo = instances_from_prediction(
-        prediction, config.ndim, bandwidth=bw, scope=scope, min_size=min_size,
-        fg_threshold=fg_threshold, seed=seed, device=device, block_shape=block_shape,
-        progress=progress, cancel=cancel,
-    )
+    labels, cinfo = instances_from_prediction(prediction, config.ndim, opts, device=device,
+                                              progress=progress, cancel=cancel)
     t1 = time.perf_counter()
     info = {
         **cinfo,
@@ -271,10 +271,11 @@ def segment_prediction(
         "requested_tile": list(plan.requested) if plan.requested is not None else None,
         "n_tiles": len(plan),
         "grid": list(config.geometry.grid),
-        "bandwidth": bw,
-        "scope": scope,
-        "fg_threshold": fg_threshold,
-        "seed": seed,
+        "bandwidth": opts.bandwidth,
+        "scope": opts.scope,
+        "fg_threshold": opts.fg_threshold,
+        "backend": opts.backend,
+        "cluster": opts.to_dict(),
         "device": str(device),
         "times": {"predict": 0.0, "cluster": t1 - t0, "total": t1 - t0},
     }

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import NSEError
+from ..options import STITCH_MODES
 from ._common import Progress, add_common, add_tiling, emit, int_list, resolve_mode
 
 
@@ -38,7 +39,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("image")
     p.add_argument("--model", required=True)
     p.add_argument("--tile", type=int_list)
-    p.add_argument("--stitch", choices=["correct", "naive", "whole"], default="correct")
+    p.add_argument("--stitch", choices=STITCH_MODES, default="correct")
     p.add_argument("--channel-axis", type=int, default=None)
     add_common(p, json_flag=True)
     p.set_defaults(func=cmd_grid)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from ..options import SCOPES
 from ._common import add_common
 
 
@@ -22,7 +23,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--quick", action="store_true", help="a smaller image (256x256)")
     p.add_argument("--model", default="default", help="a 2D model file (default: bundled)")
     p.add_argument("--seed", type=int, default=0, help="seed of the generated image")
-    p.add_argument("--scope", choices=["component", "global", "block"], default="component")
+    p.add_argument("--scope", choices=SCOPES, default="component")
     add_common(p, device=True, json_flag=True)
     p.set_defaults(func=cmd_demo)
 

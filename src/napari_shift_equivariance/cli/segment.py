@@ -9,19 +9,22 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NSEError
+from ..options import BACKENDS, PADS, SCOPES
 from ._common import Progress, add_common, add_tiling, emit, int_list, resolve_mode
 
 
 def add_clustering(p: argparse.ArgumentParser) -> None:
     p.add_argument("--bandwidth", type=float, default=None,
-                   help="mean-shift bandwidth (default: from the model's loss margins)")
-    p.add_argument("--scope", choices=["component", "global", "block"], default="component",
+                   help="mean-shift bandwidth (default: the model's calibrated one)")
+    p.add_argument("--scope", choices=SCOPES, default="component",
                    help="cluster each foreground component (default), the whole plane, or blocks")
     p.add_argument("--min-size", type=int, default=None,
-                   help="remove instances with fewer pixels (default: the clustering's)")
-    p.add_argument("--fg-threshold", type=float, default=0.5,
-                   help="foreground probability threshold (default 0.5)")
-    p.add_argument("--seed", type=int, default=0, help="mean-shift seed (default 0)")
+                   help="remove instances with fewer pixels (default: the model's)")
+    p.add_argument("--fg-threshold", type=float, default=None,
+                   help="foreground probability threshold (default: the model's, else 0.5)")
+    p.add_argument("--backend", choices=BACKENDS, default="torch",
+                   help="mean-shift implementation: ours (torch, default) or scikit-learn's "
+                   "(a slow reference)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -64,14 +67,14 @@ def register(sub: argparse._SubParsersAction) -> None:
 def _add_predict_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per forward pass (default: auto, from the tile size)")
-    p.add_argument("--pad", default="reflect", choices=["reflect", "symmetric", "edge", "zero"])
+    p.add_argument("--pad", default="reflect", choices=PADS)
     p.add_argument("--channel-axis", type=int, default=None, help="channel axis of the image")
 
 
 def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "bandwidth": args.bandwidth, "scope": args.scope, "min_size": args.min_size,
-        "fg_threshold": args.fg_threshold, "seed": args.seed, "device": args.device,
+        "fg_threshold": args.fg_threshold, "backend": args.backend, "device": args.device,
         "batch_size": args.batch_size, "pad": args.pad, "channel_axis": args.channel_axis,
     }
 

@@ -1,0 +1,221 @@
+"""Tiles of nearby rows, and the batched distance blocks between them (mean-shift's engine).
+
+Queries and points are cut into tiles of nearby rows (a k-d ordering); tile pairs whose
+bounding boxes are further apart than a radius are skipped, and each query tile meets all its
+candidate point tiles in one batched product. Distance blocks are bounded by ``chunk_size``
+elements.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import numpy as np
+import torch
+
+from ..errors import Cancelled
+
+ProgressFn = Callable[[int, int], None]
+CancelFn = Callable[[], bool]
+
+
+class Context:
+    """Device, block sizes, and progress/cancel bookkeeping of one mean-shift call."""
+
+    def __init__(self, dev, leaf_q, leaf_p, chunk, max_iter, progress, cancel):
+        self.dev, self.leaf_q, self.leaf_p = dev, leaf_q, leaf_p
+        self.chunk, self.max_iter = chunk, max_iter
+        self.progress, self.cancel = progress, cancel
+        self.done = 0
+
+    def check(self) -> None:
+        if self.cancel is not None and self.cancel():
+            raise Cancelled("mean-shift cancelled")
+
+    def report(self, done: int) -> None:
+        """Report progress in per cent (monotonic)."""
+        done = min(max(int(done), self.done), 100)
+        if self.progress is not None and done > self.done:
+            self.progress(done, 100)
+        self.done = done
+
+
+def kd_order(x: torch.Tensor, g: np.ndarray, leaf: int) -> np.ndarray:
+    """An order of the rows of ``x``, sorted by group, in which runs of ``leaf`` rows are compact.
+
+    Each group is split at the median of its widest axis, recursively (a k-d tree, all nodes of
+    a level at once, on the device), with splits at multiples of ``leaf`` rows from the group's
+    start.
+    """
+    n, dev = len(x), x.device
+    gt = torch.from_numpy(g).to(dev)
+    order = torch.argsort(gt, stable=True)
+    gs = gt[order]
+    new = torch.ones(n, dtype=torch.bool, device=dev)
+    new[1:] = gs[1:] != gs[:-1]
+    starts = new.nonzero().squeeze(1)
+    end = torch.tensor([n], device=dev)
+    while True:
+        sizes = torch.diff(starts, append=end)
+        split = sizes > leaf
+        if not bool(split.any()):
+            return order.cpu().numpy()
+        xs = x[order]
+        node = torch.repeat_interleave(torch.arange(len(starts), device=dev), sizes,
+                                       output_size=n)
+        at = node.unsqueeze(1).expand_as(xs)
+        lo = torch.full((len(starts), x.shape[1]), math.inf, dtype=x.dtype, device=dev)
+        extent = -lo.scatter_reduce(0, at, xs, "amin") + lo.neg().scatter_reduce(0, at, xs, "amax")
+        axis = torch.argmax(extent, 1)[node]
+        pos = torch.where(split[node], xs.gather(1, axis.unsqueeze(1)).squeeze(1), 0)
+        by_pos = torch.argsort(pos, stable=True)
+        order = order[by_pos[torch.argsort(node[by_pos], stable=True)]]
+        half = ((sizes[split] + leaf - 1) // leaf + 1) // 2 * leaf
+        starts = torch.sort(torch.cat([starts, starts[split] + half])).values
+
+
+class Tiles:
+    """Rows of ``y`` (in the order ``rows``, sorted by group) cut into padded tiles of ``leaf``.
+
+    ``idx`` ``(n, T)``: row numbers, -1 on padding; ``g``: groups, ``pad`` on padding;
+    ``lo``/``hi``: bounding boxes; ``glo``/``ghi`` (numpy): each tile's group range,
+    non-decreasing from tile to tile. Squared distances between query tiles and point tiles are
+    one product, ``a @ b^T``, with ``a = [y, |y|^2, 1]`` and ``b = [-2y, 1, |y|^2]``, and
+    ``wy = [w y, w]`` gives weighted sums and total weights in one product too. ``b``, ``wy``,
+    ``g`` and ``idx`` end with one extra, empty tile (``null``): far from everything.
+    """
+
+    def __init__(self, y: torch.Tensor, g: np.ndarray, rows: np.ndarray, leaf: int,
+                 w: torch.Tensor | None = None, pad: int = -2):
+        n, dev = len(rows), y.device
+        size = max(1, min(leaf, n))
+        nt = -(-n // size)
+        npad = (nt + 1) * size - n  # padding sits in the last tile and the null tile only
+        rt = torch.from_numpy(rows).to(dev)
+        yr = y[rt]
+        self.y = torch.cat([yr, yr.new_zeros(npad, y.shape[1])]).view(nt + 1, size, -1)
+        self.w = None
+        if w is not None:
+            self.w = torch.cat([w[rt], w.new_zeros(npad)]).view(nt + 1, size)
+        self.idx = torch.cat([rt, rt.new_full((npad,), -1)]).view(nt + 1, size)
+        gr = g[rows]
+        self.g = torch.from_numpy(np.r_[gr, np.full(npad, pad)]).to(dev).view(nt + 1, size)
+        last = (nt - 1) * size
+        self.lo, self.hi = self.y[:nt].amin(1), self.y[:nt].amax(1)
+        self.lo[-1], self.hi[-1] = yr[last:].amin(0), yr[last:].amax(0)
+        self.glo = gr[::size]
+        self.ghi = gr[np.minimum(np.arange(nt) * size + size - 1, n - 1)]
+        self.n, self.null = n, nt
+        self._a = self._b = self._wy = None
+
+    @property
+    def a(self) -> torch.Tensor:
+        if self._a is None:
+            sq = (self.y * self.y).sum(2, keepdim=True)
+            self._a = torch.cat([self.y, sq, torch.ones_like(sq)], 2)
+        return self._a
+
+    @property
+    def b(self) -> torch.Tensor:
+        if self._b is None:
+            sq = (self.y * self.y).sum(2, keepdim=True)
+            self._b = torch.cat([-2 * self.y, torch.ones_like(sq), sq], 2)
+            self._b[self.null, :, -1] = 1e30
+        return self._b
+
+    @property
+    def wy(self) -> torch.Tensor:
+        if self._wy is None:
+            w = (self.idx >= 0).to(self.y.dtype) if self.w is None else self.w
+            self._wy = torch.cat([self.y * w.unsqueeze(2), w.unsqueeze(2)], 2)
+        return self._wy
+
+    def rows(self, padded: torch.Tensor) -> torch.Tensor:
+        """The first axis of per-slot values ``(tiles, T, ...)`` without the padding."""
+        return padded.reshape(-1, *padded.shape[2:])[: self.n]
+
+
+def pairs(ctx: Context, qt: Tiles, pt: Tiles, radius: float | None):
+    """Yield ``(qi, pi)``, sorted by ``qi``: tile pairs of overlapping groups whose boxes are
+    within ``radius``; all pairs of a query tile come in one piece.
+
+    Tiles are sorted by group, so the candidates of a run of query tiles are one range of
+    point tiles; each run is tested against its range as one broadcast.
+    """
+    first = np.searchsorted(pt.ghi, qt.glo, "left")
+    last = np.maximum(np.searchsorted(pt.glo, qt.ghi, "right"), first)
+    budget = max(1, ctx.chunk // (pt.y.shape[2] + 1))
+    a, nq = 0, len(first)
+    while a < nq:
+        c = nq
+        while c - a > 1 and (c - a) * (last[c - 1] - first[a]) > budget:
+            c = a + (c - a) // 2
+        p0, p1 = int(first[a]), int(last[c - 1])
+        if p1 > p0:
+            qs, ps = slice(a, c), slice(p0, p1)
+            if qt.glo[a] == qt.ghi[c - 1] == pt.glo[p0] == pt.ghi[p1 - 1]:  # one group
+                ok = torch.ones(c - a, p1 - p0, dtype=torch.bool, device=ctx.dev)
+            else:
+                ok = torch.from_numpy((qt.glo[qs, None] <= pt.ghi[None, ps])
+                                      & (pt.glo[None, ps] <= qt.ghi[qs, None])).to(ctx.dev)
+            if radius is not None:
+                gap = torch.maximum(qt.lo[qs].unsqueeze(1) - pt.hi[ps].unsqueeze(0),
+                                    pt.lo[ps].unsqueeze(0) - qt.hi[qs].unsqueeze(1))
+                # slack for float32 rounding
+                ok &= (gap.clamp_min_(0).square_().sum(2)) <= (radius + 1e-3) ** 2
+            qi, pi = ok.nonzero(as_tuple=True)
+            if len(qi):
+                yield qi + a, pi + p0
+        a = c
+
+
+def blocks(ctx: Context, qt: Tiles, pt: Tiles, radius: float | None, pads: bool = False):
+    """Yield ``(tiles, cols, d2, valid)``: query tiles against all their candidate point tiles.
+
+    ``tiles`` ``(B,)`` are query tiles (each appears in one block only), ``cols`` ``(B, M)``
+    their candidate point tiles (padded with the null tile), ``d2`` ``(B, M * Tp, Tq)`` the
+    squared distances from the points of ``cols``, laid end to end, to the queries (this
+    layout multiplies fastest), and ``valid`` marks pairs of the same group (padding included
+    if ``pads``), or is None when that is all of them.
+    """
+    tq, tp = qt.y.shape[1], pt.y.shape[1]
+    mixed = pads or qt.glo[0] != qt.ghi[-1] or pt.glo[0] != pt.ghi[-1] or qt.glo[0] != pt.glo[0]
+    for qi, pi in pairs(ctx, qt, pt, radius):
+        tiles, count = torch.unique_consecutive(qi, return_counts=True)
+        start = torch.cumsum(count, 0) - count
+        # blocks of query tiles with similar candidate counts, to pad little
+        order = torch.argsort(count, descending=True, stable=True)
+        cn = count[order].cpu().numpy()
+        s = 0
+        while s < len(cn):
+            ctx.check()
+            m = int(cn[s])
+            e = s + max(1, ctx.chunk // (tq * tp * m))
+            sel = order[s:e]
+            ar = torch.arange(m, device=ctx.dev)
+            inside = ar < count[sel].unsqueeze(1)
+            at = (start[sel].unsqueeze(1) + ar).clamp_max_(len(pi) - 1)
+            cols = torch.where(inside, pi[at], pt.null)
+            tl = tiles[sel]
+            d2 = torch.bmm(pt.b[cols].reshape(len(sel), m * tp, -1), qt.a[tl].transpose(1, 2))
+            valid = None
+            if mixed:
+                valid = pt.g[cols].reshape(len(sel), m * tp, 1) == qt.g[tl].unsqueeze(1)
+            yield tl, cols, d2, valid
+            s = e
+
+
+def kernel_means(ctx: Context, qt: Tiles, pt: Tiles):
+    """Weighted mean of the points within distance 1 of each query, and their total weight."""
+    acc = torch.zeros(*qt.y.shape[:2], pt.wy.shape[2], dtype=qt.y.dtype, device=qt.y.device)
+    for tiles, cols, d2, valid in blocks(ctx, qt, pt, 1.0):
+        k = d2.le_(1.0)  # in place: 1.0 within the kernel, 0.0 outside
+        if valid is not None:
+            k.mul_(valid)
+        wy = pt.wy[cols].reshape(len(tiles), k.shape[1], -1)
+        acc[tiles] = torch.bmm(wy.transpose(1, 2), k).transpose(1, 2)
+    acc = qt.rows(acc)
+    cnt = acc[:, -1]
+    return acc[:, :-1] / cnt.clamp_min(1e-30).unsqueeze(1), cnt
+

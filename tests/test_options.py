@@ -1,0 +1,72 @@
+"""options: validated, picklable value types for prediction and clustering."""
+
+import pickle
+
+import pytest
+
+from napari_shift_equivariance.errors import NSEError
+from napari_shift_equivariance.model import ModelConfig
+from napari_shift_equivariance.options import (
+    DEFAULT_MIN_SIZE,
+    SCOPES,
+    STITCH_MODES,
+    ClusterOptions,
+    PredictOptions,
+)
+
+
+def test_cluster_options_resolve_from_the_models_calibration():
+    cfg = ModelConfig(ndim=2, depth=2, extra={"bandwidth": 2.5, "fg_threshold": 0.3,
+                                              "min_size": 7})
+    got = ClusterOptions().resolve(cfg)
+    assert (got.bandwidth, got.fg_threshold, got.min_size) == (2.5, 0.3, 7)
+    assert got.resolved and not ClusterOptions().resolved
+    # what the user sets wins over the model's
+    mine = ClusterOptions(bandwidth=1.0, fg_threshold=0.6, min_size=0).resolve(cfg)
+    assert (mine.bandwidth, mine.fg_threshold, mine.min_size) == (1.0, 0.6, 0)
+
+
+def test_cluster_options_without_calibration_use_margins_and_defaults():
+    from napari_shift_equivariance.clustering import estimate_bandwidth_from_margins
+
+    cfg = ModelConfig(ndim=3, depth=1, factor=2, loss={"delta_v": 0.5, "delta_d": 3.0})
+    got = ClusterOptions(scope="block").resolve(cfg)
+    assert got.bandwidth == estimate_bandwidth_from_margins(0.5, 3.0)
+    assert got.fg_threshold == 0.5 and got.min_size == DEFAULT_MIN_SIZE[3]
+    assert got.block_shape is not None and len(got.block_shape) == 3
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"bandwidth": 0}, "bandwidth"), ({"bandwidth": float("nan")}, "bandwidth"),
+    ({"bandwidth": "wide"}, "bandwidth"), ({"fg_threshold": 1.0}, "threshold"),
+    ({"min_size": -1}, "min size"), ({"min_size": 2.5}, "min size"),
+    ({"scope": "everywhere"}, "scope"), ({"backend": "cuda"}, "backend"),
+    ({"block_shape": (8, 0)}, "block shape"),
+])
+def test_cluster_options_reject_bad_values(kwargs, match):
+    with pytest.raises(NSEError, match=match):
+        ClusterOptions(**kwargs)
+
+
+def test_predict_options_validate():
+    assert PredictOptions(tile=96).tile == (96,)
+    for kwargs, match in (({"mode": "sloppy"}, "stitch mode"), ({"pad": "wrap"}, "pad"),
+                          ({"batch_size": 0}, "batch size"), ({"amp": "fp8"}, "amp"),
+                          ({"tile": (64, -1)}, "tile")):
+        with pytest.raises(NSEError, match=match):
+            PredictOptions(**kwargs)
+    assert set(STITCH_MODES) == {"correct", "naive", "whole"}
+    assert SCOPES[0] == "component"
+
+
+def test_options_round_trip_and_pickle():
+    c = ClusterOptions(bandwidth=2.0, scope="block", block_shape=(16, 32))
+    assert ClusterOptions.from_dict(c.to_dict()) == c
+    assert pickle.loads(pickle.dumps(c)) == c
+    p = PredictOptions(mode="naive", tile=(60, 64), batch_size=4)
+    assert PredictOptions.from_dict(p.to_dict()) == p
+    assert p.replace(mode="correct").mode == "correct" and p.mode == "naive"
+    with pytest.raises(NSEError, match="unknown"):
+        ClusterOptions.from_dict({"seed": 3})
+    with pytest.raises(AttributeError):  # frozen
+        c.bandwidth = 3.0
