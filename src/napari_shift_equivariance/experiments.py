@@ -32,6 +32,7 @@ from scipy import ndimage
 from scipy.cluster.hierarchy import fcluster, linkage
 
 from .data import periodic_disks
+from .display import prediction_rgb
 from .metrics import embedding_seam_statistic
 from .model import ModelConfig, UNet, build_model
 from .predict import predict
@@ -99,7 +100,9 @@ def _train_config(quick: bool, seed: int, **kw: Any) -> TrainConfig:
     base = {"depth": DEPTH, "factor": FACTOR, "base_channels": 4 if quick else 8,
             "embedding_dim": 8, "iterations": 60 if quick else 600, "batch_size": 2,
             "lr": 2e-3, "seed": seed, "device": "cpu", "p_elastic": 0.0,
-            "intensity_scale": None, "intensity_offset": None, "noise_std": None}
+            "intensity_scale": None, "intensity_offset": None, "noise_std": None,
+            # the paper's push margin, all data for training, the models' default clustering
+            "delta_d": 3.0, "val_every": 0, "calibrate": False}
     base.update(kw)
     return TrainConfig(**base)
 
@@ -238,23 +241,6 @@ def _figure(rows: int, cols: int, size: tuple[float, float]) -> tuple[Any, Any]:
     return fig, fig.subplots(rows, cols, squeeze=False)
 
 
-def embedding_rgb(prediction: np.ndarray, labels: np.ndarray | None = None) -> np.ndarray:
-    """The first three principal components of the embeddings as colours (0..1), background
-    (by ``labels``, else by foreground probability < 0.5) black."""
-    emb = prediction[:-1].reshape(prediction.shape[0] - 1, -1).T
-    fg = (labels > 0).ravel() if labels is not None else prediction[-1].ravel() > 0.5
-    pts = emb[fg] if fg.any() else emb
-    centred = emb - pts.mean(0)
-    _, _, vt = np.linalg.svd(pts - pts.mean(0), full_matrices=False)
-    comps = centred @ vt[:3].T
-    if comps.shape[1] < 3:
-        comps = np.pad(comps, ((0, 0), (0, 3 - comps.shape[1])))
-    lo, hi = comps[fg].min(0), comps[fg].max(0)
-    rgb = np.clip((comps - lo) / np.maximum(hi - lo, 1e-6), 0, 1)
-    rgb[~fg] = 0
-    return rgb.reshape(*prediction.shape[1:], 3)
-
-
 def fig2_figure(result: dict[str, Any], path: str | os.PathLike) -> Path:
     from matplotlib.patches import Rectangle
 
@@ -265,7 +251,7 @@ def fig2_figure(result: dict[str, Any], path: str | os.PathLike) -> Path:
                          "input (spacing 15); right: embeddings as colours\n(first 3 principal "
                          "components)", fontsize=9)
     for ax, spacing, arr in ((axes[0, 1], "16", a16), (axes[0, 2], "15", a15)):
-        ax.imshow(embedding_rgb(arr["prediction"], arr["labels"]), interpolation="nearest")
+        ax.imshow(prediction_rgb(arr["prediction"], arr["labels"]), interpolation="nearest")
         b = arr["box"]
         ax.add_patch(Rectangle((b[1].start - 0.5, b[0].start - 0.5), b[1].stop - b[1].start,
                                b[0].stop - b[0].start, fill=False, ec="red", lw=1))
@@ -288,7 +274,7 @@ def fig4_figure(result: dict[str, Any], path: str | os.PathLike) -> Path:
     labels = result["arrays"]["labels"][view]
     for ax, name in zip(axes.ravel(), names):
         run = result["runs"][name]
-        rgb = embedding_rgb(result["arrays"][name][(slice(None), *view)], labels)
+        rgb = prediction_rgb(result["arrays"][name][(slice(None), *view)], labels)
         ax.imshow(rgb, interpolation="nearest")
         for p in range(run["lines_every"], labels.shape[0], run["lines_every"]):
             ax.axhline(p - 0.5, color="white", lw=0.6, ls="--")
