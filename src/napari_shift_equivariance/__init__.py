@@ -26,6 +26,9 @@ _API = {
     "segment": "segment", "segment_prediction": "segment", "SegmentResult": "segment",
     "compare": "compare", "save_comparison": "compare", "sweep": "compare",
     "run_demo": "demo",
+    # sharing and batch work
+    "export_bioimageio": "export",
+    "expand_inputs": "batch", "run_batch": "batch", "BatchItem": "batch",
 }
 
 __all__ = ["__version__", *_API]

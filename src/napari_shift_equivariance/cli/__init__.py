@@ -16,7 +16,7 @@ from .. import __version__
 from ..errors import Cancelled, NSEError
 
 # command modules, in the order their commands appear in --help
-MODULES = ("core", "train", "segment", "demo")
+MODULES = ("core", "train", "segment", "evaluate", "export", "demo")
 
 
 def build_parser() -> argparse.ArgumentParser:

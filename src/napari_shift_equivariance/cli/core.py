@@ -7,8 +7,10 @@ from pathlib import Path
 
 import numpy as np
 
+from ..batch import expand_inputs
 from ..errors import NSEError
 from ..options import STITCH_MODES
+from ._batch import add_batch, batch_predict
 from ._common import Progress, add_common, add_tiling, emit, int_list, resolve_mode
 
 
@@ -47,8 +49,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("predict", help="embeddings + foreground probability for every pixel")
     p.add_argument("image")
     p.add_argument("--model", required=True)
-    p.add_argument("--out", required=True, help=".npy, .tif or .zarr (zarr: chunk = tile)")
+    p.add_argument("--out", required=True, help=".npy, .tif or .zarr (zarr: chunk = tile); "
+                   "a folder when IMAGE is a folder or a 'GLOB'")
     p.add_argument("--overwrite", action="store_true")
+    add_batch(p, ".zarr")
     add_tiling(p)
     add_common(p, device=True, json_flag=True)
     p.set_defaults(func=cmd_predict)
@@ -130,6 +134,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from ..model import load_model
     from ..predict import Predictor
 
+    if (sources := expand_inputs(args.image)) is not None:  # a folder or a glob
+        return batch_predict(args, sources)
     out_path = Path(args.out)
     if out_path.suffix.lower() not in (".npy", ".tif", ".tiff", ".zarr"):
         raise NSEError(f"--out must end in .npy, .tif, .tiff or .zarr, got {out_path.name}")

@@ -8,8 +8,10 @@ import warnings
 from pathlib import Path
 from typing import Any
 
+from ..batch import expand_inputs
 from ..errors import NSEError
 from ..options import BACKENDS, PADS, SCOPES
+from ._batch import add_batch, batch_segment
 from ._common import Progress, add_common, add_tiling, emit, int_list, resolve_mode
 
 
@@ -31,8 +33,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("segment", help="predict + mean-shift -> instance labels")
     p.add_argument("image")
     p.add_argument("--model", default="default", help="a model file or 'default'")
-    p.add_argument("--out", required=True, help="labels: .tif, .tiff, .npy or .zarr (uint32)")
+    p.add_argument("--out", required=True, help="labels: .tif, .tiff, .npy or .zarr (uint32); "
+                   "a folder when IMAGE is a folder or a 'GLOB'")
     p.add_argument("--overwrite", action="store_true")
+    add_batch(p, ".tif")
     add_tiling(p)
     add_clustering(p)
     add_common(p, device=True, json_flag=True)
@@ -117,6 +121,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
     from ..model import load_model
     from ..segment import segment
 
+    if (sources := expand_inputs(args.image)) is not None:  # a folder or a glob
+        return batch_segment(args, sources)
     out = Path(args.out)
     if out.suffix.lower() not in (".npy", ".tif", ".tiff", ".zarr"):
         raise NSEError(f"--out must end in .npy, .tif, .tiff or .zarr, got {out.name}")
