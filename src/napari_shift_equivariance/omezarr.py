@@ -132,11 +132,13 @@ def read_omezarr(path: str | os.PathLike, level: int = 0) -> tuple[Any, dict]:
 def labels_target(path: str | os.PathLike) -> tuple[Path, str] | None:
     """Where labels named by an output path go as OME-Zarr: ``IMAGE.zarr/labels/NAME`` (an
     existing OME-Zarr image) gives ``(IMAGE.zarr, NAME)``, ``X.ome.zarr`` gives
-    ``(X.ome.zarr, "labels")``; anything else (a plain ``.zarr`` too) gives ``None``."""
+    ``(X.ome.zarr, "labels")``; anything else (a plain ``.zarr`` too) gives ``None``. A
+    ``.zarr`` ending of NAME (napari appends one) is not part of the label's name."""
     path = Path(path)
     image = path.parent.parent
     if path.parent.name == "labels" and is_omezarr(image) and not _is_root_label(image):
-        return image, path.name
+        name = path.name[:-5] if path.name.lower().endswith(".zarr") else path.name
+        return image, name or path.name
     if path.name.lower().endswith(".ome.zarr"):
         return path, "labels"
     return None
