@@ -1,0 +1,257 @@
+"""Blockwise segment/predict: the same partition as in memory, resumable, on dask workers."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import zarr
+
+from napari_shift_equivariance import data
+from napari_shift_equivariance.blockwise import (
+    plan_blocks,
+    predict_blockwise,
+    run_blockwise,
+    segment_blockwise,
+)
+from napari_shift_equivariance.errors import Cancelled, NSEError
+from napari_shift_equivariance.model import ModelConfig, build_model, save_model
+from napari_shift_equivariance.options import ClusterOptions
+from napari_shift_equivariance.predict import predict
+from napari_shift_equivariance.segment import segment
+from napari_shift_equivariance.tiling import plan_tiles
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def _model(ndim=2, depth=2, factor=2):
+    cfg = ModelConfig(ndim=ndim, depth=depth, factor=factor, base_channels=4, embedding_dim=3)
+    return build_model(cfg, seed=0)
+
+
+def _options(model, image, q=0.6):
+    """Random weights: a threshold that makes components of a few blocks, a bandwidth that
+    splits them into several clusters."""
+    out = predict(model, image, "whole", device="cpu")
+    e = out[:-1].reshape(out.shape[0] - 1, -1)
+    return {"fg_threshold": float(np.quantile(out[-1], q)), "min_size": 2, "device": "cpu",
+            "bandwidth": 0.2 * float(np.median(e.std(axis=1)))}
+
+
+def same_partition(a, b):
+    """Equal up to a renumbering of the instances (0 stays background)."""
+    a, b = np.asarray(a).ravel(), np.asarray(b).ravel()
+    if not np.array_equal(a > 0, b > 0):
+        return False
+    pairs = np.unique(np.c_[a, b], axis=0)
+    return len(pairs) == len(np.unique(a)) == len(np.unique(b))
+
+
+def _nuclei(shape, seed=1):
+    return data.nuclei(shape, seed=seed, radius=(3, 6))[0]
+
+
+@pytest.fixture(scope="module")
+def case2d():
+    model = _model()
+    image = _nuclei((64, 72))
+    kw = _options(model, image)
+    ref = segment(model, image, "correct", 8, **kw)
+    assert ref.n_instances > 20
+    return model, image, kw, ref
+
+
+def test_plan_blocks_partition_the_image_with_the_whole_image_tiles():
+    geo = _model().config.geometry
+    tiles = plan_tiles((50, 70), geo, 8)
+    plan = plan_blocks((3,), tiles, (20, 30))  # rounded down to multiples of the tile
+    assert tuple(plan.block_shape) == (16, 24)
+    assert plan.grid_shape == (3, 4, 3) and len(plan) == 36
+    cover = np.zeros((3, 50, 70), int)
+    for block in plan:
+        cover[block.slices] += 1
+        ts = plan.tiles_of(block)
+        assert sum(t.output_roi.size for t in ts) == block.write_roi.size
+        assert all(block.write_roi.contains(t.output_roi) for t in ts)
+        assert all(block.read_roi.contains(t.input_roi) for t in ts)
+    assert (cover == 1).all()
+
+
+@pytest.mark.parametrize("block", [16, (16, 32), 200])
+def test_2d_blockwise_equals_in_memory(tmp_path, case2d, block):
+    model, image, kw, ref = case2d
+    res = segment_blockwise(model, image, tmp_path / "l.zarr", block=block, tile=8, **kw)
+    labels = zarr.open_array(str(tmp_path / "l.zarr"), mode="r")
+    assert labels.dtype == np.uint32 and labels.shape == image.shape
+    assert labels.attrs["complete"] is True
+    assert not (tmp_path / "l.zarr.partial").exists()
+    assert same_partition(labels[:], ref.labels)
+    assert res.n_instances == ref.n_instances == int(labels[:].max())
+    if block != 200:
+        assert res.info["n_crossing"] > 0  # components do cross block faces
+
+
+def test_a_component_larger_than_a_block(tmp_path, case2d):
+    from scipy import ndimage
+
+    from napari_shift_equivariance.clustering import components
+
+    model, image, kw, ref = case2d
+    fg = ref.prediction[-1] > kw["fg_threshold"]
+    spans = [max(s.stop - s.start for s in o) for o in ndimage.find_objects(components(fg))]
+    assert max(spans) > 2 * 8  # spans more than two blocks of 8
+    segment_blockwise(model, image, tmp_path / "l.zarr", block=8, tile=8, **kw)
+    assert same_partition(zarr.open_array(str(tmp_path / "l.zarr"))[:], ref.labels)
+
+
+def test_2d_model_on_a_stack_plane_by_plane(tmp_path):
+    model = _model()
+    stack = np.stack([_nuclei((40, 44), seed=s) for s in range(3)])
+    kw = _options(model, stack)
+    ref = segment(model, stack, "correct", 8, **kw)
+    segment_blockwise(model, stack, tmp_path / "s.zarr", block=16, tile=8, **kw)
+    z = zarr.open_array(str(tmp_path / "s.zarr"))
+    assert z.chunks == (1, 16, 16)
+    assert same_partition(z[:], ref.labels)
+
+
+@pytest.mark.parametrize("factor, tile, block", [(2, 4, (8, 8, 12)), ((1, 2, 2), (3, 4, 4),
+                                                                      (6, 8, 8))])
+def test_3d_blockwise_equals_in_memory(tmp_path, factor, tile, block):
+    model = _model(3, 1, factor)
+    image = data.nuclei((12, 22, 26), seed=2, radius=(3, 5))[0]
+    kw = _options(model, image)
+    ref = segment(model, image, "correct", tile, **kw)
+    assert ref.n_instances > 5
+    res = segment_blockwise(model, image, tmp_path / "v.zarr", block=block, tile=tile, **kw)
+    assert res.info["n_crossing"] > 0
+    assert same_partition(zarr.open_array(str(tmp_path / "v.zarr"))[:], ref.labels)
+
+
+def test_predict_blockwise_equals_predict(tmp_path, case2d):
+    model, image, _, _ = case2d
+    whole = predict(model, image, "whole", device="cpu")
+    predict_blockwise(model, image, tmp_path / "p.zarr", block=16, tile=8, device="cpu")
+    z = zarr.open_array(str(tmp_path / "p.zarr"))
+    assert z.shape == whole.shape and z.chunks == (4, 16, 16)
+    np.testing.assert_allclose(z[:], whole, atol=1e-5)
+
+
+def test_events_cancel_and_resume(tmp_path, case2d):
+    model, image, kw, ref = case2d
+    out = tmp_path / "l.zarr"
+    seen = []
+
+    def stop():
+        return len(seen) >= 5
+
+    with pytest.raises(Cancelled):
+        for ev in run_blockwise(model, image, out, block=16, tile=8, cancel=stop, **kw):
+            seen.append(ev)
+    assert all(ev.stage == "predict" for ev in seen)
+    assert seen[-1].block is not None and seen[-1].done == 4 and seen[-1].total == 20
+    partial = tmp_path / "l.zarr.partial"
+    assert partial.exists() and not out.exists()
+    assert zarr.open_array(str(partial)).attrs["complete"] is False
+    with pytest.raises(NSEError, match="--resume"):
+        segment_blockwise(model, image, out, block=16, tile=8, **kw)
+    with pytest.raises(NSEError, match="other"):
+        segment_blockwise(model, image, out, block=32, tile=8, resume=True, **kw)
+    events = list(run_blockwise(model, image, out, block=16, tile=8, resume=True, **kw))
+    first = events[0]
+    assert first.stage == "predict" and first.done == 4  # finished blocks are not redone
+    assert events[-1].result.info["resumed"] is True
+    assert same_partition(zarr.open_array(str(out))[:], ref.labels)
+    with pytest.raises(NSEError, match="exists"):
+        segment_blockwise(model, image, out, block=16, tile=8, **kw)
+    again = segment_blockwise(model, image, out, block=16, tile=8, resume=True, **kw)
+    assert again.info["resumed"] is True  # complete: nothing to do
+    segment_blockwise(model, image, out, block=32, tile=8, overwrite=True, **kw)
+    assert same_partition(zarr.open_array(str(out))[:], ref.labels)
+
+
+def test_bad_requests_get_one_line(tmp_path, case2d):
+    model, image, kw, _ = case2d
+    with pytest.raises(NSEError, match="component"):
+        segment_blockwise(model, image, tmp_path / "a.zarr", block=16, tile=8,
+                          cluster=ClusterOptions(scope="global"), **kw)
+    with pytest.raises(NSEError, match="does not exist"):
+        segment_blockwise(model, image, tmp_path / "no" / "a.zarr", block=16, tile=8, **kw)
+    with pytest.raises(NSEError, match="channel axis before"):
+        segment_blockwise(_model_rgb(), np.zeros((40, 40, 3), np.float32),
+                          tmp_path / "b.zarr", block=16, tile=8, **kw)
+
+
+def _model_rgb():
+    cfg = ModelConfig(ndim=2, depth=2, factor=2, base_channels=4, embedding_dim=3,
+                      in_channels=3)
+    return build_model(cfg, seed=0)
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "napari_shift_equivariance", *map(str, args)]
+
+
+def test_kill_minus_9_then_resume_equals_an_uninterrupted_run(tmp_path):
+    model = _model()
+    image = _nuclei((64, 72), seed=3)
+    kw = _options(model, image)
+    zarr.save_array(str(tmp_path / "img.zarr"), image)
+    save_model(model, tmp_path / "m.pt")
+    flags = ["--model", tmp_path / "m.pt", "--block", 16, "--tile", 8, "--device", "cpu",
+             "--fg-threshold", kw["fg_threshold"], "--bandwidth", kw["bandwidth"],
+             "--min-size", 2, "--quiet"]
+    out = tmp_path / "l.zarr"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(_cli("segment", tmp_path / "img.zarr", "--out", out, *flags),
+                            env=env, stderr=subprocess.PIPE)
+    markers = tmp_path / "l.zarr.partial" / ".nse-work" / "predict"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if markers.exists() and len(list(markers.glob("*.npz"))) >= 4:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stderr.read().decode()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    done_before = {p.name for p in markers.glob("*.npz")}
+    assert 4 <= len(done_before) < 20 and not out.exists()
+    r = subprocess.run(_cli("segment", tmp_path / "img.zarr", "--out", out, *flags),
+                       env=env, capture_output=True, text=True)
+    assert r.returncode == 2 and "--resume" in r.stderr  # refused without --resume
+    r = subprocess.run(_cli("segment", tmp_path / "img.zarr", "--out", out, *flags, "--resume",
+                            "--json"), env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    ref = segment(model, image, "correct", 8, **kw)
+    assert same_partition(zarr.open_array(str(out))[:], ref.labels)
+    assert not (tmp_path / "l.zarr.partial").exists()
+    assert '"resumed": true' in r.stdout
+
+
+@pytest.mark.slow
+def test_two_dask_workers_and_a_worker_killed_mid_run(tmp_path, case2d):
+    distributed = pytest.importorskip("distributed")
+    model, image, kw, ref = case2d
+    cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                       dashboard_address=None)
+    client = distributed.Client(cluster)
+    try:
+        res = segment_blockwise(model, image, tmp_path / "a.zarr", block=16, tile=8,
+                                client=client, threads_per_worker=1, **kw)
+        assert res.info["workers"] == 2
+        assert same_partition(zarr.open_array(str(tmp_path / "a.zarr"))[:], ref.labels)
+        pids = list(client.run(os.getpid).values())
+        killed = False
+        for ev in run_blockwise(model, image, tmp_path / "b.zarr", block=8, tile=8,
+                                client=client, **kw):
+            if not killed and ev.stage == "predict" and ev.done >= 3:
+                os.kill(pids[0], signal.SIGKILL)  # its running and queued blocks move on
+                killed = True
+        assert killed
+        assert same_partition(zarr.open_array(str(tmp_path / "b.zarr"))[:], ref.labels)
+    finally:
+        client.close()
+        cluster.close()
