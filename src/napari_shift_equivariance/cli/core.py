@@ -43,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--tile", type=int_list)
     p.add_argument("--stitch", choices=STITCH_MODES, default="correct")
     p.add_argument("--channel-axis", type=int, default=None)
-    add_common(p, json_flag=True)
+    add_common(p, device=True, json_flag=True)  # the default tile depends on the device
     p.set_defaults(func=cmd_grid)
 
     p = sub.add_parser("predict", help="embeddings + foreground probability for every pixel")
@@ -113,7 +113,8 @@ def cmd_grid(args: argparse.Namespace) -> int:
     image = read_image(args.image)
     config = load_model(args.model).config
     layout = axis_layout(image.shape, config.ndim, config.in_channels, args.channel_axis)
-    plan = plan_tiles(layout.spatial_shape(image.shape), config.geometry, args.tile, args.stitch)
+    plan = plan_tiles(layout.spatial_shape(image.shape), config.geometry, args.tile, args.stitch,
+                      args.device)
     lines = [
         f"{plan.mode}: {len(plan)} tiles of {tuple(plan.tile_shape)} over "
         f"{tuple(plan.image_shape)}; network {tuple(plan.net_input)} -> "
