@@ -25,6 +25,7 @@ _API = {
     "mean_shift": "clustering", "cluster_embeddings": "clustering",
     "segment": "segment", "segment_prediction": "segment", "SegmentResult": "segment",
     "compare": "compare", "save_comparison": "compare", "sweep": "compare",
+    "evaluate": "metrics", "Evaluation": "metrics", "watershed_baseline": "baseline",
     "run_demo": "demo",
     # sharing and batch work
     "export_bioimageio": "export",
