@@ -26,6 +26,7 @@ import math
 import os
 import tempfile
 import textwrap
+import warnings
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -433,7 +434,9 @@ def _predictor_output(model: UNet, image: np.ndarray) -> np.ndarray:
 
 def _trace(net: BioimageioUNet, example: np.ndarray, path: Path) -> None:
     """TorchScript by tracing (the forward loops over module lists with Python ``zip``)."""
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # TorchScript is what bioimage.io runs; torch's deprecation note is not for users
+        warnings.simplefilter("ignore", DeprecationWarning)
         traced = torch.jit.trace(net, torch.from_numpy(example), check_trace=False)
     traced.save(str(path))
 
@@ -441,7 +444,8 @@ def _trace(net: BioimageioUNet, example: np.ndarray, path: Path) -> None:
 def _write_tif(path: Path, array: np.ndarray) -> None:
     import tifffile
 
-    tifffile.imwrite(path, np.ascontiguousarray(array, dtype=np.float32))
+    tifffile.imwrite(path, np.ascontiguousarray(array, dtype=np.float32),
+                     photometric="minisblack")
 
 
 def _yaml_safe(value: Any) -> Any:
