@@ -116,6 +116,10 @@ def main(argv: list[str] | None = None) -> dict:
     """Parse arguments, measure, print the figures (or one JSON document on stdout)."""
     args = _parser().parse_args(argv)
     _reexec_under_xvfb()
+    # the docks remember their settings: keep the benchmark's out of the user's
+    import tempfile
+
+    os.environ.setdefault("NSE_CONFIG_DIR", tempfile.mkdtemp(prefix="nse-bench-settings-"))
     # napari prints its notifications on stdout; keep stdout for the figures alone
     with contextlib.redirect_stdout(sys.stderr):
         out = measure(args)
@@ -142,7 +146,7 @@ def measure(args: argparse.Namespace) -> dict:
     import torch
 
     from napari_shift_equivariance._widgets import SegmentWidget, TrainWidget
-    from napari_shift_equivariance._widgets._registry import REGISTRY
+    from napari_shift_equivariance._widgets._registry import REGISTRY, ModelSource
     from napari_shift_equivariance.data import nuclei
     from napari_shift_equivariance.model import (
         ModelConfig,
@@ -168,7 +172,7 @@ def measure(args: argparse.Namespace) -> dict:
     viewer.window.add_dock_widget(seg, name="Segment")
     viewer.add_image(image, name="nuclei")
     REGISTRY.add(model, "bench")
-    seg.model.value = "registry:bench"
+    seg.model.value = ModelSource.registry("bench")
     seg.stitch.value, seg.tile.value, seg.device.value = "correct", args.tile, args.device
 
     ticks = TickRecorder()

@@ -9,3 +9,9 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(autouse=True)
+def _widget_settings_dir(tmp_path_factory, monkeypatch):
+    """The napari docks remember their settings; in tests never in the real user folder."""
+    monkeypatch.setenv("NSE_CONFIG_DIR", str(tmp_path_factory.mktemp("nse-config")))

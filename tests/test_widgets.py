@@ -16,8 +16,9 @@ from napari.layers import Image, Labels, Shapes
 
 from napari_shift_equivariance import _sample_data as samples
 from napari_shift_equivariance._widgets import SegmentWidget, TrainWidget, _common
-from napari_shift_equivariance._widgets._registry import REGISTRY
+from napari_shift_equivariance._widgets._registry import REGISTRY, ModelSource
 from napari_shift_equivariance._widgets.segment_widget import (
+    FILE,
     OFF_GRID,
     ON_GRID,
     RANDOM,
@@ -101,7 +102,7 @@ def add_sample(viewer, fn):
 
 def use_model(widget: SegmentWidget, model, name: str = "tiny") -> str:
     name = REGISTRY.add(model, name)
-    widget.model.value = f"registry:{name}"
+    widget.model.value = ModelSource.registry(name)
     return name
 
 
@@ -301,7 +302,7 @@ def test_segment_correct_equals_the_api(make_napari_viewer, qtbot, shots):
     assert emb.rgb and emb.data.shape == (*image.shape, 3)
     assert raw.data.shape == (4, *image.shape)
 
-    api = segment(model, image, "correct", 32, device="cpu", seed=0, min_size=0)
+    api = segment(model, image, "correct", 32, device="cpu")  # the dock: auto = the API default
     np.testing.assert_array_equal(labels.data, api.labels)
     np.testing.assert_allclose(fg.data, api.prediction[-1], atol=1e-6)
     assert labels.data.max() == api.n_instances > 0
@@ -439,7 +440,7 @@ def test_bad_input_is_one_line_and_loses_nothing(make_napari_viewer, errors, tmp
 
     bad = tmp_path / "broken.pt"
     bad.write_bytes(b"not a model")
-    w.model.value = "file"
+    w.model.value = FILE
     w.model_file.value = bad
     assert "not a readable model file" in errors[-1]
     assert w.run() is None
@@ -450,7 +451,7 @@ def test_bad_input_is_one_line_and_loses_nothing(make_napari_viewer, errors, tmp
 def test_model_from_file(make_napari_viewer, tmp_path):
     viewer, w = open_viewer(make_napari_viewer)
     path = save_model(tiny_model(depth=3), tmp_path / "m.pt")
-    w.model.value = "file"
+    w.model.value = FILE
     w.model_file.value = path
     assert not w.depth.enabled and w.depth.value == 3
     assert "grid f^l=8" in w.geometry_info.value
@@ -475,10 +476,10 @@ def test_fine_tuning_locks_the_architecture_to_the_start_model(make_napari_viewe
     viewer, t = open_viewer(make_napari_viewer, TrainWidget)
     start = tiny_model(depth=3)
     REGISTRY.add(start, "start")
-    t.init.value = "registry:start"
+    t.init.value = ModelSource.registry("start")
     assert not t.depth.enabled and not t.base_channels.enabled
     assert (t.depth.value, t.base_channels.value, t.embedding_dim.value) == (3, 4, 4)
-    t.init.value = "scratch"
+    t.init.value = "scratch"  # SCRATCH
     assert t.depth.enabled and t.base_channels.enabled
 
 
@@ -503,7 +504,7 @@ def test_train_a_few_iterations_then_segment_and_save(make_napari_viewer, qtbot,
     assert t.plot.iterations == list(range(1, 7)) and t.plot.draws >= 1
     assert t.bar.value == 6
     assert REGISTRY.names() == ["disks model"]
-    assert seg.model.value == "registry:disks model"  # the Segment dock switched to it
+    assert seg.model.value == ModelSource.registry("disks model")  # Segment switched to it
     assert seg.depth.value == 2 and not seg.depth.enabled
     shots(viewer, "train")
 
@@ -559,7 +560,7 @@ def test_docs_screenshots_with_the_default_model(make_napari_viewer, qtbot, shot
     add_sample(viewer, samples.nuclei_2d)
     viewer.layers["nuclei 2D labels"].visible = False
     w.image.value = viewer.layers["nuclei 2D"]
-    w.model.value = "default:2"
+    w.model.value = ModelSource.default(2)
     step = w._grid_step()
     w.stitch.value, w.tile.value = "naive", 100
     w.preview()

@@ -17,7 +17,6 @@ from magicgui.widgets import (
     ComboBox,
     Container,
     FileEdit,
-    FloatSpinBox,
     PushButton,
     SpinBox,
 )
@@ -25,14 +24,8 @@ from napari.utils.colormaps import DirectLabelColormap
 
 from ..errors import NSEError
 from ..geometry import MAX_DEPTH, MAX_FACTOR, UNetGeometry
-from ..model import (
-    ModelConfig,
-    UNet,
-    available_devices,
-    build_model,
-    default_model_path,
-    load_model,
-)
+from ..model import UNet, available_devices
+from ..options import PADS, SCOPES, STITCH_MODES, ClusterOptions
 from ..tiling import TilePlan, default_tile, plan_tiles
 from ._common import (
     ImageInput,
@@ -48,35 +41,90 @@ from ._common import (
 )
 from ._display import embedding_rgb
 from ._layers import ResultLayers
-from ._registry import REGISTRY, connect_while_alive
+from ._registry import (
+    REGISTRY,
+    ModelSource,
+    bundled_sources,
+    connect_while_alive,
+    registry_sources,
+)
+from ._settings import Auto, DockSettings, build, setting
 from ._worker import Job, detach_on_close
 
-RANDOM = "random"
-FILE = "file"
-STITCH = ("correct", "naive", "both")
+RANDOM = ModelSource.random()
+FILE = ModelSource.file()
+STITCH = (*STITCH_MODES, "both")
 VIEWS = ("naive", "correct", "side by side")
 ON_GRID = "#3ddc84"
 OFF_GRID = "#ff9f1a"
 CONTEXT = "#9aa0a6"
 SPLIT = "#ff2bd6"  # outlines of the objects split only by naive stitching
-#: a random-weights model for grid previews and experiments before any model is trained
-RANDOM_CONFIG = {"base_channels": 16, "embedding_dim": 8}
 
 
 def _lcm(values: Any) -> int:
     return math.lcm(*(int(v) for v in values))
 
 
-def model_choices(_widget: Any = None) -> list[tuple[str, str]]:
-    """(label, value) pairs: bundled defaults, models trained this session, a file, random."""
-    out = []
-    for nd in (2, 3):
-        if default_model_path(nd).exists():
-            out.append((f"default {nd}D (bundled)", f"default:{nd}"))
-    out += [(f"{name} (trained here)", f"registry:{name}") for name in reversed(REGISTRY.names())]
-    out.append(("model file…", FILE))
-    out.append(("untrained: choose l and f (random weights)", RANDOM))
-    return out
+def model_choices(_widget: Any = None) -> list[tuple[str, ModelSource]]:
+    """(label, source) pairs: bundled defaults, models trained this session, a file, random."""
+    sources = [*bundled_sources(), *registry_sources(), FILE, RANDOM]
+    return [(src.label, src) for src in sources]
+
+
+def _first_model(_dock: Any) -> ModelSource:
+    bundled = bundled_sources()
+    return bundled[0] if bundled else RANDOM
+
+
+def _default_tile(dock: SegmentWidget) -> int:
+    geo = dock.geometry_or_none() or dock._form_geometry()
+    return int(max(default_tile(geo, str(dock.device.value))))
+
+
+def _path_or_none(value: Any) -> str | None:
+    return None if str(value) in ("", ".") else str(value)
+
+
+_TIP_PROGRESS = "its busy animation costs CPU with software OpenGL (remote desktops)"
+_AUTO = "auto (model)"
+
+#: The Segment dock's form, in the order its values are applied (causes before effects);
+#: the only place its defaults are written.
+SETTINGS = (
+    setting("ndim", ComboBox, 2, label="Dimensions", choices=[2, 3]),
+    setting("depth", SpinBox, 3, label="Depth l", min=1, max=MAX_DEPTH),
+    setting("factor", SpinBox, 2, label="Pooling factor f", min=2, max=MAX_FACTOR),
+    setting("init_seed", SpinBox, 0, label="Init seed", min=0, max=2**31 - 1,
+            tooltip="seed of the untrained model's random weights"),
+    setting("model_file", FileEdit, "", label="Model file", mode="r", filter="*.pt",
+            visible=False, encode=_path_or_none, valid=lambda p: Path(p).is_file()),
+    setting("model", ComboBox, _first_model, label="Model", choices=model_choices,
+            encode=str, decode=ModelSource.parse),
+    setting("stitch", ComboBox, "correct", label="Stitching", choices=list(STITCH)),
+    setting("device", ComboBox, "auto", label="Device", choices=available_devices()),
+    setting("tile", SpinBox, _default_tile, label="Output tile", min=1, max=8192),
+    # clustering and display options
+    setting("bandwidth", Auto, None, label="Bandwidth", auto_text=_AUTO, min=0.01, max=100.0,
+            step=0.05, tooltip="mean-shift bandwidth in embedding units; auto: the model's "
+            "calibrated value, else the one its loss margins imply"),
+    setting("fg_threshold", Auto, None, label="Foreground >", auto_text=_AUTO, min=0.01,
+            max=0.99, step=0.05, tooltip="pixels with a higher foreground probability are "
+            "clustered; auto: the model's calibrated threshold, else 0.5"),
+    setting("min_size", Auto, None, label="Min size (px)", spin=SpinBox, auto_text=_AUTO,
+            min=0, max=100_000, tooltip="smaller objects become background; auto: the "
+            "model's calibrated size, else 10 px (2D) / 30 voxels (3D)"),
+    setting("scope", ComboBox, "component", label="Mean-shift scope", choices=list(SCOPES),
+            tooltip="cluster each connected foreground component, the whole plane, or "
+            "spatial blocks"),
+    setting("pad", ComboBox, "reflect", label="Padding", choices=list(PADS),
+            tooltip="how the image is extended past its border for the network's context"),
+    setting("batch_size", Auto, None, label="Batch (tiles)", spin=SpinBox, min=1, max=256,
+            shown=4, tooltip="tiles per forward pass; auto: as many as fit the device"),
+    setting("raw_channels", CheckBox, False, text="also add raw embedding channels"),
+    setting("context_boxes", CheckBox, False, text="preview: also show context (input) boxes"),
+    setting("napari_progress", CheckBox, True, text="progress in napari's activity bar",
+            tooltip=_TIP_PROGRESS),
+)
 
 
 def tile_rectangles(plan: TilePlan, context: bool = False) -> tuple[list[np.ndarray], list[bool]]:
@@ -106,36 +154,18 @@ class SegmentWidget(Container):
         self.results = ResultLayers(napari_viewer)
         self.job: Job | None = None
         self.last_result: Any = None
-        self._models: dict[Any, UNet] = {}
         self._hidden_for_grid: dict[int, tuple[Any, bool]] = {}
+        self._restoring = False
 
         self.image = ComboBox(label="Image", choices=lambda _w: image_choices(self.viewer),
                               nullable=False)
-        self.model = ComboBox(label="Model", choices=model_choices)
-        self.model_file = FileEdit(label="Model file", mode="r", filter="*.pt", visible=False)
-        self.ndim = ComboBox(label="Dimensions", choices=[2, 3], value=2)
-        self.depth = SpinBox(label="Depth l", min=1, max=MAX_DEPTH, value=3)
-        self.factor = SpinBox(label="Pooling factor f", min=2, max=MAX_FACTOR, value=2)
+        build(SETTINGS, self)
+        self.settings = DockSettings("segment", SETTINGS, self)
         self.geometry_info = WrapLabel(label="Geometry")
-        self.stitch = ComboBox(label="Stitching", choices=list(STITCH), value="correct")
-        self.tile = SpinBox(label="Output tile", min=1, max=8192, value=256)
         self.tile_info = WrapLabel(label="")
-        self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
-        self.bandwidth = FloatSpinBox(label="Bandwidth", min=0.0, max=100.0, step=0.05,
-                                      value=0.0, tooltip="mean-shift bandwidth; 0 = from the "
-                                      "model's loss margins")
-        self.fg_threshold = FloatSpinBox(label="Foreground >", min=0.01, max=0.99, step=0.05,
-                                         value=0.5)
-        self.min_size = SpinBox(label="Min size (px)", min=0, max=100_000, value=0,
-                                tooltip="smaller objects become background (0 = keep all)")
-        self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0)
-        self.batch_size = SpinBox(label="Batch (tiles)", min=1, max=256, value=4)
-        self.raw_channels = CheckBox(text="also add raw embedding channels", value=False)
-        self.context_boxes = CheckBox(text="preview: also show context (input) boxes",
-                                      value=False)
-        self.napari_progress = CheckBox(text="progress in napari's activity bar", value=True,
-                                        tooltip="its busy animation costs CPU with software "
-                                        "OpenGL (remote desktops)")
+        self.cluster_info = WrapLabel(lines=2)
+        self.defaults_btn = PushButton(text="Restore defaults",
+                                       tooltip="every setting of this dock back to its default")
         self.preview_btn = PushButton(text="Preview tile grid")
         self.segment_btn = PushButton(text="Segment")
         self.cancel_btn = PushButton(text="Cancel", enabled=False)
@@ -145,11 +175,13 @@ class SegmentWidget(Container):
                              visible=False)
         self.extend([
             self.image, self.model, self.model_file, self.ndim, self.depth, self.factor,
-            self.geometry_info, self.stitch, self.tile, self.tile_info, self.device,
+            self.init_seed, self.geometry_info, self.stitch, self.tile, self.tile_info,
+            self.device,
         ])
         self.options_w = Container(widgets=[
-            self.bandwidth, self.fg_threshold, self.min_size, self.seed, self.batch_size,
-            self.raw_channels, self.context_boxes, self.napari_progress,
+            self.bandwidth, self.fg_threshold, self.min_size, self.cluster_info, self.scope,
+            self.pad, self.batch_size, self.raw_channels, self.context_boxes,
+            self.napari_progress, self.defaults_btn,
         ])
         buttons = Container(widgets=[self.preview_btn, self.segment_btn, self.cancel_btn],
                             layout="horizontal", labels=False)
@@ -166,81 +198,74 @@ class SegmentWidget(Container):
 
         self.model.changed.connect(self._on_model_changed)
         self.model_file.changed.connect(self._on_model_changed)
-        for w in (self.ndim, self.depth, self.factor):
+        for w in (self.ndim, self.depth, self.factor, self.init_seed):
             w.changed.connect(self._on_geometry_changed)
         self.stitch.changed.connect(self._on_stitch_changed)
         self.tile.changed.connect(self._on_tile_changed)
         self.preview_btn.changed.connect(self.preview)
         self.segment_btn.changed.connect(self.run)
         self.cancel_btn.changed.connect(self.cancel)
+        self.defaults_btn.changed.connect(self.restore_defaults)
         self.view.changed.connect(self._apply_view)
         connect_while_alive(self, REGISTRY.changed, self._on_registry_changed)
         detach_on_close(self)
-        first = model_choices()[0][1]
-        self.model.value = RANDOM if first == FILE else first
+        self._restoring = True
+        try:
+            self.settings.start()  # the values of the last session, else the defaults
+        finally:
+            self._restoring = False
         self._on_model_changed()
-        self.tile.value = int(default_tile(self.geometry_or_none() or self._form_geometry())[0])
-        self._on_stitch_changed()
+
+    def restore_defaults(self, *_: Any) -> None:
+        """Every setting of this dock back to its default (remembered as such)."""
+        self._restoring = True
+        try:
+            self.settings.restore_defaults()
+        finally:
+            self._restoring = False
+        self._on_model_changed()
 
     # -- model and geometry ------------------------------------------------------------
     def _form_geometry(self) -> UNetGeometry:
         return UNetGeometry.create(int(self.ndim.value), int(self.depth.value),
                                    int(self.factor.value))
 
+    def source(self) -> ModelSource:
+        """The chosen model source, completed from the form (file path, l, f, seed)."""
+        choice = self.model.value
+        if choice is None:
+            raise NSEError("choose a model")
+        return choice.complete(path=_path_or_none(self.model_file.value),
+                               ndim=int(self.ndim.value), depth=int(self.depth.value),
+                               factor=int(self.factor.value), seed=int(self.init_seed.value))
+
     def geometry_or_none(self) -> UNetGeometry | None:
         try:
-            model = self.current_model(build=False)
+            return self.source().geometry()
         except NSEError:
             return None
-        return model.config.geometry if model is not None else self._form_geometry()
 
     def current_model(self, build: bool = True) -> UNet | None:
-        """The chosen model (loaded once, then cached). For 'random' with ``build=False``:
-        ``None`` (its geometry is the form's)."""
-        source = self.model.value
-        if source == RANDOM:
-            key = (RANDOM, int(self.ndim.value), int(self.depth.value), int(self.factor.value),
-                   int(self.seed.value))
-            if not build:
-                return None
-            if key not in self._models:
-                config = ModelConfig(ndim=key[1], depth=key[2], factor=key[3], **RANDOM_CONFIG)
-                self._models[key] = build_model(config, seed=key[4])
-            return self._models[key]
-        if source is None:
-            raise NSEError("choose a model")
-        if source.startswith("registry:"):
-            name = source.split(":", 1)[1]
-            if name not in REGISTRY:
-                raise NSEError(f"model {name!r} is no longer available")
-            return REGISTRY.get(name)
-        if source.startswith("default:"):
-            nd = int(source.split(":")[1])
-            key = ("default", nd)
-            if key not in self._models:
-                self._models[key] = load_model("default", ndim=nd)
-            return self._models[key]
-        path = Path(self.model_file.value)
-        if not str(self.model_file.value) or str(self.model_file.value) == "." or path.is_dir():
-            raise NSEError("choose a model file (.pt)")
-        if not path.exists():
-            raise NSEError(f"model file {path} does not exist")
-        key = (FILE, str(path.resolve()), path.stat().st_mtime_ns)
-        if key not in self._models:
-            self._models[key] = load_model(path)
-        return self._models[key]
+        """The chosen model (loaded once per process, then shared). For 'random' with
+        ``build=False``: ``None`` (its geometry is the form's)."""
+        source = self.source()
+        if source.kind == "random" and not build:
+            return None
+        return source.load()
 
     def _on_model_changed(self, *_: Any) -> None:
-        source = self.model.value
-        self.model_file.visible = source == FILE
-        free = source == RANDOM
-        for w in (self.ndim, self.depth, self.factor):
+        choice = self.model.value
+        self.model_file.visible = choice == FILE
+        free = choice == RANDOM
+        for w in (self.ndim, self.depth, self.factor, self.init_seed):
             w.enabled = free
+        self.init_seed.visible = free
         try:
             model = self.current_model(build=False)
         except NSEError as exc:
             self.geometry_info.value = str(exc)
-            if source == FILE and str(self.model_file.value) not in ("", "."):
+            self.cluster_info.value = ""
+            if choice == FILE and _path_or_none(self.model_file.value) and not self._restoring:
                 report_error(exc, "loading the model")
             return
         if model is not None:
@@ -255,15 +280,34 @@ class SegmentWidget(Container):
         geo = self.geometry_or_none()
         if geo is None:
             return
-        if self.model.value == RANDOM:
+        if self.model.value == RANDOM and not self._restoring:
             REGISTRY.geometry_chosen.emit(geo.ndim, geo.depth, max(geo.factor))
         self.geometry_info.value = describe_geometry(geo)
+        self._show_model_clustering()
         self._on_stitch_changed()
+
+    def _show_model_clustering(self) -> None:
+        """What 'auto (model)' stands for with the chosen model."""
+        try:
+            config = self.source().config()
+        except NSEError:
+            return
+        auto = ClusterOptions().resolve(config)
+        for w, value in ((self.bandwidth, auto.bandwidth),
+                         (self.fg_threshold, auto.fg_threshold), (self.min_size, auto.min_size)):
+            w.show_auto(value)
+        extra = config.extra or {}
+        calibrated = [k for k in ("bandwidth", "fg_threshold", "min_size") if k in extra]
+        how = ("calibrated on validation images" if calibrated else
+               "not calibrated: bandwidth from the loss margins")
+        self.cluster_info.value = (f"auto (model): bandwidth {auto.bandwidth:.3g} · "
+                                   f"foreground > {auto.fg_threshold:.2f} · min size "
+                                   f"{auto.min_size} px — {how}")
 
     def _on_registry_changed(self, name: str) -> None:
         self.model.reset_choices()
-        if name and f"registry:{name}" in [v for _, v in model_choices()]:
-            self.model.value = f"registry:{name}"
+        if name and ModelSource.registry(name) in [v for _, v in model_choices()]:
+            self.model.value = ModelSource.registry(name)
 
     # -- tile size ---------------------------------------------------------------------
     def _grid_step(self) -> int:
@@ -275,6 +319,7 @@ class SegmentWidget(Container):
         correct = self.stitch.value == "correct"
         self.tile.step = step if correct else 1
         self.tile.min = step if correct else 1
+        self.tile.enabled = self.stitch.value != "whole"
         self._on_tile_changed()
 
     def _on_tile_changed(self, *_: Any) -> None:
@@ -284,7 +329,10 @@ class SegmentWidget(Container):
             self.tile.value = max(step, value // step * step)  # re-enters with a valid value
             return
         snapped = max(step, value // step * step)
-        if self.stitch.value == "correct":
+        if self.stitch.value == "whole":
+            self.tile_info.value = ("one pass over the whole image, no tiles (the memory "
+                                    "of the whole prediction at once)")
+        elif self.stitch.value == "correct":
             self.tile_info.value = f"{value} = {value // step}·{step} (n·f^l): exact stitching"
         elif value % step:
             self.tile_info.value = (f"{value} is off the f^l = {step} grid: naive tiles make "
@@ -307,6 +355,9 @@ class SegmentWidget(Container):
     def _modes(self) -> list[str]:
         return ["naive", "correct"] if self.stitch.value == "both" else [self.stitch.value]
 
+    def _tile(self) -> int | None:
+        return None if self.stitch.value == "whole" else int(self.tile.value)
+
     # -- preview -----------------------------------------------------------------------
     def preview(self, *_: Any) -> list[Any]:
         """Add or update the tile-grid Shapes layer(s) for the current settings."""
@@ -322,7 +373,7 @@ class SegmentWidget(Container):
                 if key[0] == layer.name and key[1] in ("grid", "context"):
                     lyr.visible = key[2] in self._modes()
             for mode in self._modes():
-                plan = plan_tiles(spatial, geo, int(self.tile.value), mode)
+                plan = plan_tiles(spatial, geo, self._tile(), mode)
                 out.append(self._grid_layer(layer, inp, plan))
                 if self.context_boxes.value:
                     self._grid_layer(layer, inp, plan, context=True)
@@ -366,11 +417,11 @@ class SegmentWidget(Container):
             # plan now so that a bad tile size fails here with a message, not in the thread
             for mode in self._modes():
                 plan_tiles(inp.result_shape[-model.config.ndim:], model.config.geometry,
-                           int(self.tile.value), mode)
+                           self._tile(), mode)
         except NSEError as exc:
             report_error(exc, "segmentation")
             return None
-        stitch, tile, raw = self.stitch.value, int(self.tile.value), bool(self.raw_channels.value)
+        stitch, tile, raw = self.stitch.value, self._tile(), bool(self.raw_channels.value)
         pbar = activity_progress(bool(self.napari_progress.value), 0, "segment: starting")
 
         def work(report, cancel):
@@ -436,15 +487,21 @@ class SegmentWidget(Container):
             self.job.cancel.set()
             self.status.value = "cancelling…"
 
+    def cluster_options(self) -> ClusterOptions:
+        """The clustering options of the form (``None``: the model's calibrated value)."""
+        min_size = self.min_size.value
+        return ClusterOptions(bandwidth=self.bandwidth.value,
+                              fg_threshold=self.fg_threshold.value,
+                              min_size=None if min_size is None else int(min_size),
+                              scope=str(self.scope.value))
+
     def _options(self) -> dict[str, Any]:
-        bw = float(self.bandwidth.value)
+        batch = self.batch_size.value
         return {
-            "bandwidth": bw if bw > 0 else None,
-            "fg_threshold": float(self.fg_threshold.value),
-            "min_size": int(self.min_size.value),
-            "seed": int(self.seed.value),
+            "cluster": self.cluster_options(),
             "device": str(self.device.value),
-            "batch_size": int(self.batch_size.value),
+            "batch_size": None if batch is None else int(batch),
+            "pad": str(self.pad.value),
         }
 
     def _set_running(self, running: bool) -> None:

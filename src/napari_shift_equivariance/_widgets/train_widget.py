@@ -27,7 +27,7 @@ from magicgui.widgets import (
 
 from ..errors import NSEError
 from ..geometry import MAX_DEPTH, MAX_FACTOR, UNetGeometry
-from ..model import UNet, available_devices, default_model_path, load_model, save_model
+from ..model import UNet, available_devices, save_model
 from ._common import (
     WrapLabel,
     activity_progress,
@@ -40,21 +40,81 @@ from ._common import (
     tile_label,
 )
 from ._loss_plot import LossPlot
-from ._registry import REGISTRY, connect_while_alive
+from ._registry import (
+    REGISTRY,
+    ModelSource,
+    bundled_sources,
+    connect_while_alive,
+    registry_sources,
+)
+from ._settings import DockSettings, build, setting
 from ._worker import Job, detach_on_close
 
 SCRATCH = "scratch"
+FILE = ModelSource.file()
 #: how often (seconds) a batch of loss values crosses to the UI thread
 RELAY_INTERVAL = 0.1
 
 
-def init_choices(_widget: Any = None) -> list[tuple[str, str]]:
-    out = [("from scratch", SCRATCH)]
-    for nd in (2, 3):
-        if default_model_path(nd).exists():
-            out.append((f"fine-tune default {nd}D", f"default:{nd}"))
-    out += [(f"fine-tune {name}", f"registry:{name}") for name in reversed(REGISTRY.names())]
-    return out
+def init_choices(_widget: Any = None) -> list[tuple[str, Any]]:
+    """(label, value): from scratch, or fine-tune a bundled / trained-here / file model."""
+    sources = [*bundled_sources(), *registry_sources()]
+    return ([("from scratch", SCRATCH)] + [(f"fine-tune {src.label}", src) for src in sources]
+            + [("fine-tune a model file…", FILE)])
+
+
+def _parse_init(text: str) -> Any:
+    return SCRATCH if text == SCRATCH else ModelSource.parse(text)
+
+
+def _path_or_none(value: Any) -> str | None:
+    return None if str(value) in ("", ".") else str(value)
+
+
+def _default_window(dock: TrainWidget) -> int:
+    from ..train import default_window
+
+    return int(max(default_window(dock.geometry())))
+
+
+def _api_defaults() -> Any:
+    """The API's training defaults: the dock's defaults are the same numbers."""
+    from ..train import TrainConfig
+
+    return TrainConfig()
+
+
+_API = _api_defaults()
+_TIP_PROGRESS = "its busy animation costs CPU with software OpenGL (remote desktops)"
+
+#: The Train dock's form, in the order its values are applied (causes before effects); the
+#: only place its defaults are written (most are :class:`TrainConfig`'s).
+SETTINGS = (
+    setting("model_file", FileEdit, "", label="Model file", mode="r", filter="*.pt",
+            visible=False, encode=_path_or_none, valid=lambda p: Path(p).is_file()),
+    setting("init", ComboBox, SCRATCH, label="Start", choices=init_choices, encode=str,
+            decode=_parse_init),
+    setting("ndim", ComboBox, _API.ndim, label="Dimensions", choices=[2, 3]),
+    setting("depth", SpinBox, _API.depth, label="Depth l", min=1, max=MAX_DEPTH),
+    setting("factor", SpinBox, _API.factor, label="Pooling factor f", min=2, max=MAX_FACTOR),
+    setting("base_channels", SpinBox, _API.base_channels, label="Base channels", min=1,
+            max=256),
+    setting("embedding_dim", SpinBox, _API.embedding_dim, label="Embedding size", min=1,
+            max=64),
+    setting("upsampling", ComboBox, _API.upsampling, label="Upsampling",
+            choices=["learnt", "nearest"]),
+    setting("window", SpinBox, _default_window, label="Output window", min=1, max=1024,
+            tooltip="training output window per axis; must exceed f^l"),
+    setting("iterations", SpinBox, _API.iterations, label="Iterations", min=1,
+            max=1_000_000),
+    setting("batch_size", SpinBox, _API.batch_size, label="Batch size", min=1, max=256),
+    setting("lr", FloatSpinBox, _API.lr, label="Learning rate", min=1e-7, max=1.0, step=1e-4),
+    setting("seed", SpinBox, _API.seed, label="Seed", min=0, max=2**31 - 1),
+    setting("device", ComboBox, "auto", label="Device", choices=available_devices()),
+    setting("use_segment", CheckBox, True, text="use in Segment when done"),
+    setting("napari_progress", CheckBox, True, text="progress in napari's activity bar",
+            tooltip=_TIP_PROGRESS),
+)
 
 
 def window_problem(window: int, geo: UNetGeometry) -> str:
@@ -85,6 +145,7 @@ class TrainWidget(Container):
         self.viewer = napari_viewer
         self.job: Job | None = None
         self._running = False
+        self._restoring = False
         self.model: UNet | None = None
         self.model_name: str | None = None
         self.history: list[dict] = []
@@ -93,34 +154,19 @@ class TrainWidget(Container):
         self.pairs.margins = (0, 0, 0, 0)
         self.add_pair_btn = PushButton(text="+ image/labels pair")
         self.remove_pair_btn = PushButton(text="− last pair", enabled=False)
-        self.init = ComboBox(label="Start", choices=init_choices)
-        self.ndim = ComboBox(label="Dimensions", choices=[2, 3], value=2)
-        self.depth = SpinBox(label="Depth l", min=1, max=MAX_DEPTH, value=3)
-        self.factor = SpinBox(label="Pooling factor f", min=2, max=MAX_FACTOR, value=2)
-        self.base_channels = SpinBox(label="Base channels", min=1, max=256, value=16)
-        self.embedding_dim = SpinBox(label="Embedding size", min=1, max=64, value=8)
-        self.upsampling = ComboBox(label="Upsampling", choices=["learnt", "nearest"],
-                                   value="learnt")
-        self.window = SpinBox(label="Output window", min=1, max=1024, value=32,
-                              tooltip="training output window per axis; must exceed f^l")
-        self.window_info = WrapLabel(label="", lines=2)
-        self.iterations = SpinBox(label="Iterations", min=1, max=1_000_000, value=2000)
-        self.batch_size = SpinBox(label="Batch size", min=1, max=256, value=4)
-        self.lr = FloatSpinBox(label="Learning rate", min=1e-7, max=1.0, step=1e-4, value=1e-3)
+        build(SETTINGS, self)
+        self.settings = DockSettings("train", SETTINGS, self)
         self.lr.native.setDecimals(7)
-        self.seed = SpinBox(label="Seed", min=0, max=2**31 - 1, value=0)
-        self.device = ComboBox(label="Device", choices=available_devices(), value="auto")
+        self.window_info = WrapLabel(label="", lines=2)
         self.name_edit = LineEdit(label="Model name", value="")
+        self.defaults_btn = PushButton(text="Restore defaults",
+                                       tooltip="every setting of this dock back to its default")
         self.start_btn = PushButton(text="Start")
         self.stop_btn = PushButton(text="Stop", enabled=False)
         self.bar = ProgressBar(label="Progress", min=0, max=1, value=0)
         self.status = WrapLabel(value="ready", lines=2)
         self.save_path = FileEdit(label="Save as", mode="w", filter="*.pt")
         self.save_btn = PushButton(text="Save model", enabled=False)
-        self.use_segment = CheckBox(text="use in Segment when done", value=True)
-        self.napari_progress = CheckBox(text="progress in napari's activity bar", value=True,
-                                        tooltip="its busy animation costs CPU with software "
-                                        "OpenGL (remote desktops)")
         self.plot = LossPlot()
         run_row = Container(widgets=[self.start_btn, self.stop_btn], layout="horizontal",
                             labels=False)
@@ -129,13 +175,14 @@ class TrainWidget(Container):
                              layout="horizontal", labels=False)
         pair_row.margins = (0, 0, 0, 0)
         self.extend([
-            self.pairs, pair_row, self.init, self.ndim, self.depth, self.factor, self.window,
+            self.pairs, pair_row, self.init, self.model_file, self.ndim, self.depth,
+            self.factor, self.window,
             self.window_info, self.iterations, self.name_edit, run_row, self.bar,
             self.save_path, self.save_btn,
         ])
         self.advanced = Container(widgets=[
             self.base_channels, self.embedding_dim, self.upsampling, self.batch_size, self.lr,
-            self.seed, self.device, self.use_segment, self.napari_progress,
+            self.seed, self.device, self.use_segment, self.napari_progress, self.defaults_btn,
         ])
         # raw Qt widgets go in last (see segment_widget); the status spans the full width
         self.advanced_box = collapsible("Network, optimiser and device", self.advanced)
@@ -147,6 +194,8 @@ class TrainWidget(Container):
         self.add_pair_btn.changed.connect(self.add_pair)
         self.remove_pair_btn.changed.connect(self.remove_pair)
         self.init.changed.connect(self._on_init_changed)
+        self.model_file.changed.connect(self._on_init_changed)
+        self.defaults_btn.changed.connect(self.restore_defaults)
         for w in (self.ndim, self.depth, self.factor):
             w.changed.connect(self._on_geometry_changed)
         self.window.changed.connect(self._check_window)
@@ -156,7 +205,21 @@ class TrainWidget(Container):
         connect_while_alive(self, REGISTRY.changed, self._on_registry_changed)
         detach_on_close(self)
         connect_while_alive(self, REGISTRY.geometry_chosen, self._follow_geometry)
-        self._on_init_changed()
+        self._restoring = True
+        try:
+            self.settings.start()  # the values of the last session, else the defaults
+        finally:
+            self._restoring = False
+        self._on_init_changed(keep_window=True)
+
+    def restore_defaults(self, *_: Any) -> None:
+        """Every setting of this dock back to its default (remembered as such)."""
+        self._restoring = True
+        try:
+            self.settings.restore_defaults()
+        finally:
+            self._restoring = False
+        self._on_init_changed(keep_window=True)
 
     # -- form --------------------------------------------------------------------------
     def add_pair(self, *_: Any) -> None:
@@ -170,18 +233,19 @@ class TrainWidget(Container):
             self.pairs.pop()
         self.remove_pair_btn.enabled = len(self.pairs) > 1
 
-    def _init_model(self) -> UNet | None:
-        source = self.init.value
-        if source in (None, SCRATCH):
+    def init_source(self) -> ModelSource | None:
+        """The start model's source (``None``: from scratch)."""
+        choice = self.init.value
+        if choice in (None, SCRATCH):
             return None
-        if source.startswith("default:"):
-            return load_model("default", ndim=int(source.split(":")[1]))
-        name = source.split(":", 1)[1]
-        if name not in REGISTRY:
-            raise NSEError(f"model {name!r} is no longer available")
-        return REGISTRY.get(name)
+        return choice.complete(path=_path_or_none(self.model_file.value))
 
-    def _on_init_changed(self, *_: Any) -> None:
+    def _init_model(self) -> UNet | None:
+        source = self.init_source()
+        return None if source is None else source.load()
+
+    def _on_init_changed(self, *_: Any, keep_window: bool = False) -> None:
+        self.model_file.visible = self.init.value == FILE
         free = self.init.value in (None, SCRATCH)
         for w in (self.ndim, self.depth, self.factor, self.base_channels, self.embedding_dim,
                   self.upsampling):
@@ -190,26 +254,33 @@ class TrainWidget(Container):
             try:
                 cfg = self._init_model().config
             except NSEError as exc:
-                report_error(exc, "loading the start model")
+                self.window_info.value = str(exc)
+                self.start_btn.enabled = False
+                chosen = _path_or_none(self.model_file.value) or self.init.value != FILE
+                if chosen and not self._restoring:
+                    report_error(exc, "loading the start model")
                 return
-            for w in (self.ndim, self.depth, self.factor, self.base_channels,
-                      self.embedding_dim):
+            widgets = (self.ndim, self.depth, self.factor, self.base_channels,
+                       self.embedding_dim, self.upsampling)
+            for w in widgets:
                 w.changed.block()
             self.ndim.value, self.depth.value = cfg.ndim, cfg.depth
             self.factor.value = max(cfg.factor)
             self.base_channels.value = cfg.base_channels
             self.embedding_dim.value = cfg.embedding_dim
             self.upsampling.value = cfg.upsampling
-            for w in (self.ndim, self.depth, self.factor, self.base_channels,
-                      self.embedding_dim):
+            for w in widgets:
                 w.changed.unblock()
-        self._on_geometry_changed()
+        if keep_window:
+            self._check_window()
+        else:
+            self._on_geometry_changed()
 
     def _on_geometry_changed(self, *_: Any) -> None:
         """A new geometry gets the trainer's default window (4·f^l, at least 64 / 32 px)."""
-        from ..train import default_window
-
-        self.window.value = int(max(default_window(self.geometry())))
+        if self._restoring:
+            return
+        self.window.value = _default_window(self)
         self._check_window()
 
     def _follow_geometry(self, ndim: int, depth: int, factor: int) -> None:
@@ -308,12 +379,17 @@ class TrainWidget(Container):
             # and a late report must not overwrite the final state (pbar is updated last)
             if finished[0]:
                 return
-            for e in entries:
+            steps = [e for e in entries if "loss" in e]  # training iterations only
+            for e in steps:
                 self.history.append(e)
                 self.plot.add(int(e.get("iteration", len(self.history))),
                               float(e.get("loss", math.nan)))
-            if entries:
-                last = entries[-1]
+            stage = entries[-1] if entries else {}
+            if stage.get("stage") == "calibrate":
+                self.status.value = (f"calibrating on the validation split "
+                                     f"{stage.get('done', 0)}/{stage.get('total', '?')}")
+            elif steps:
+                last = steps[-1]
                 it = int(last.get("iteration", len(self.history)))
                 self.bar.value = min(it, total)
                 self.status.value = f"iteration {it}/{total}, loss {last.get('loss', 0):.4g}"
