@@ -124,3 +124,22 @@ def resolve_mode(args: argparse.Namespace) -> tuple[str, Any]:
             raise NSEError("--whole and --tile exclude each other")
         return "whole", None
     return args.stitch, args.tile
+
+
+# -- image files ------------------------------------------------------------------------------
+
+
+def add_image_options(p: argparse.ArgumentParser) -> None:
+    """``--scene``/``--channel``/``--level``: which part of a microscopy or OME-Zarr file."""
+    p.add_argument("--scene", default=None,
+                   help="scene of a czi/nd2/lif/OME-TIFF file: index or name (default: first)")
+    p.add_argument("--channel", default=None,
+                   help="keep one channel of the image: index or name (default: all)")
+    p.add_argument("--level", type=int, default=0,
+                   help="resolution level of an OME-Zarr image (default 0 = full resolution)")
+
+
+def image_options(args: argparse.Namespace) -> dict[str, Any]:
+    """Keywords for ``read_image``/``image_metadata`` from :func:`add_image_options`' flags."""
+    return {"scene": getattr(args, "scene", None), "channel": getattr(args, "channel", None),
+            "level": getattr(args, "level", 0) or 0}
