@@ -268,3 +268,23 @@ def test_cli_predict_glob_equals_single_image(folder, tmp_path, tiny, capsys):
     assert main(["predict", str(folder / "im*.tif"), "--model", str(model_path), "--out",
                  str(tmp_path / "x.npy")]) == 2
     assert "--out is a folder" in capsys.readouterr().err
+
+
+def test_cli_evaluate_folder_goes_on_past_a_bad_file(tmp_path, capsys):
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    for i in range(3):
+        labels = nuclei((40, 40), n=3, seed=i)[1].astype(np.uint32)
+        np.save(gt / f"im{i}.npy", labels)
+        np.save(pred / f"im{i}.npy", labels)
+    np.save(pred / "im1.npy", np.zeros((7, 7), np.uint32))  # wrong shape
+    code = main(["evaluate", str(pred), "--gt", str(gt), "--json"])
+    captured = capsys.readouterr()
+    assert code == 1
+    data = json.loads(captured.out)
+    assert [f["pred"] for f in data["failed"]] == [str(pred / "im1.npy")]
+    assert "shape" in data["failed"][0]["error"] and "im1.npy" in captured.err
+    assert [r["pred"] for r in data["images"]] == [str(pred / "im0.npy"),
+                                                   str(pred / "im2.npy")]
+    assert all(r["ap50"] == 1.0 for r in data["images"])

@@ -163,7 +163,8 @@ def _write_summary(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     os.replace(tmp, path)
 
 
-def _message(exc: BaseException) -> str:
+def error_message(exc: BaseException) -> str:
+    """One line for a failed file: the message (with the exception type unless ours)."""
     text = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
     if isinstance(exc, NSEError):
         return text
@@ -234,7 +235,7 @@ def run_batch(
                 raise
             except Exception as exc:  # noqa: BLE001 - one bad file must not stop the rest
                 item = BatchItem(src, out, "failed", i, total,
-                                 seconds=time.perf_counter() - t0, error=_message(exc))
+                                 seconds=time.perf_counter() - t0, error=error_message(exc))
             else:
                 shape = info.pop("shape", None)
                 item = BatchItem(src, out, "done", i, total,

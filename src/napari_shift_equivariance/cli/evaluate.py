@@ -8,13 +8,15 @@ with the Otsu + distance-transform watershed baseline instead (no model).
 from __future__ import annotations
 
 import argparse
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import NSEError
+from ..batch import error_message as _message
+from ..errors import Cancelled, NSEError
 from ._common import add_common, add_tiling, emit, resolve_mode
 from .segment import StageBars, _seg_kwargs, _warn_to_stderr, add_clustering
 
@@ -100,21 +102,34 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
         check_output_path(args.save, args.overwrite)
     rows: list[dict[str, Any]] = []
     results = []
+    failed: list[dict[str, Any]] = []
     for pred_path, gt_path in pairs:
-        gt = np.asarray(read_image(gt_path, lazy=False))
-        with warnings.catch_warnings(record=True) as caught, StageBars(args.quiet) as bars:
-            warnings.simplefilter("always")
-            labels, info = _labels_for(args, pred_path, bars)
-        notes = _warn_to_stderr(caught, "evaluate")
-        if labels.shape != gt.shape:
-            raise NSEError(f"labels {pred_path} have shape {labels.shape}, ground truth "
-                           f"{gt_path} {gt.shape}")
-        ev = evaluate(gt, labels, split_iou=args.split_iou)
+        try:
+            gt = np.asarray(read_image(gt_path, lazy=False))
+            with warnings.catch_warnings(record=True) as caught, StageBars(args.quiet) as bars:
+                warnings.simplefilter("always")
+                labels, info = _labels_for(args, pred_path, bars)
+            notes = _warn_to_stderr(caught, "evaluate")
+            if labels.shape != gt.shape:
+                raise NSEError(f"labels {pred_path} have shape {labels.shape}, ground truth "
+                               f"{gt_path} {gt.shape}")
+            ev = evaluate(gt, labels, split_iou=args.split_iou)
+        except (Cancelled, KeyboardInterrupt):
+            raise
+        except Exception as exc:  # noqa: BLE001 - in a folder one bad file must not stop the rest
+            if len(pairs) == 1:
+                raise
+            failed.append({"pred": str(pred_path), "gt": str(gt_path), "status": "failed",
+                           "error": _message(exc)})
+            print(f"nse evaluate: FAILED: {pred_path.name}: {_message(exc)}", file=sys.stderr)
+            continue
         results.append(ev)
         rows.append({"pred": str(pred_path), "gt": str(gt_path), **info, **ev.to_dict(),
                      "warnings": notes})
         if args.save is not None:
             write_labels(args.save, np.asarray(labels, np.uint32), overwrite=args.overwrite)
+    if not results:
+        raise NSEError(f"none of the {len(pairs)} files could be scored")
     total = pool(results)
     text = total.summary()
     if len(rows) > 1:
@@ -122,5 +137,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
                              f"{r['dsb']:.3f}" for r in rows), f"all {len(rows)}: {text}"])
     if args.save is not None:
         text += f"\nwrote {args.save}"
-    emit(args, {**total.to_dict(), "images": rows}, text)
-    return 0
+    if failed:
+        text += f"\n{len(failed)} of {len(pairs)} files failed: " + ", ".join(
+            Path(f["pred"]).name for f in failed)
+    emit(args, {**total.to_dict(), "images": rows, "failed": failed}, text)
+    return 1 if failed else 0
