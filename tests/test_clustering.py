@@ -358,3 +358,18 @@ def test_every_group_gets_its_own_labels_in_high_dimensions():
     x = rng.normal(0, 3, (300, 16))[truth] + rng.normal(0, 0.1, (9000, 16))
     labels = mean_shift(x, 1.5, "cpu", groups=truth)
     assert adjusted_rand_score(truth, labels) == 1.0
+
+
+@pytest.mark.parametrize("scope", ["component", "global"])
+def test_the_sklearn_backend_gives_the_same_instances(scope):
+    # two touching objects (one component) and a third apart, told apart by embeddings
+    fg = np.zeros((24, 30), bool)
+    fg[2:12, 2:14] = fg[2:12, 14:26] = fg[15:22, 5:20] = True
+    emb = np.zeros((2, *fg.shape), np.float32)
+    emb[0][2:12, 14:26] = 6.0
+    emb[1][15:22, 5:20] = 6.0
+    emb += np.random.default_rng(0).normal(scale=0.1, size=emb.shape).astype(np.float32)
+    ours = cluster_embeddings(emb, fg, 1.5, scope=scope, device="cpu")
+    ref = cluster_embeddings(emb, fg, 1.5, scope=scope, backend="sklearn", device="cpu")
+    assert ours.max() == 3
+    assert adjusted_rand_score(ours.ravel(), ref.ravel()) == 1.0

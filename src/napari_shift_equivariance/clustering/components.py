@@ -7,6 +7,7 @@ a label.
 
 from __future__ import annotations
 
+import functools
 import warnings
 from collections.abc import Callable, Sequence
 
@@ -111,18 +112,13 @@ Engine = Callable[..., np.ndarray]
 
 
 def _engine(backend: str, device: torch.device, cancel: CancelFn | None) -> Engine:
+    """The mean-shift of ``backend`` with the device and cancel check bound (both backends
+    take the same call)."""
     if backend == "sklearn":
-        from .reference import sklearn_mean_shift
-
-        def run(points, bandwidth, *, groups=None, progress=None):
-            return sklearn_mean_shift(points, bandwidth, groups=groups, progress=progress,
-                                      cancel=cancel)
-        return run
-
-    def run(points, bandwidth, *, groups=None, progress=None):
-        return mean_shift(points, bandwidth, device, groups=groups, progress=progress,
-                          cancel=cancel)
-    return run
+        from .reference import mean_shift as run
+    else:
+        run = mean_shift
+    return functools.partial(run, device=device, cancel=cancel)
 
 
 def foreground_points(embeddings, fg: np.ndarray) -> np.ndarray:
