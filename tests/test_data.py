@@ -3,7 +3,9 @@ import pytest
 from scipy import ndimage
 
 from napari_shift_equivariance.data import (
+    NUCLEI_STYLES,
     cantor_image,
+    mixed_nuclei_params,
     nuclei,
     periodic_disks,
     periodic_spheres,
@@ -157,6 +159,71 @@ def test_nuclei_varied_style():
         nuclei((32, 32), radius=(5, 2))
     with pytest.raises(NSEError):
         nuclei((32, 32), anisotropy=2.0)
+
+
+def _mean_radius(labels):
+    return np.sqrt(np.bincount(labels.ravel())[1:].mean() / np.pi)
+
+
+def _touching_fraction(labels):
+    """Fraction of objects that touch another one (8-neighbourhood)."""
+    grown = ndimage.grey_dilation(labels, size=3)
+    touch = (labels > 0) & (grown != labels) & (grown > 0)
+    return len(np.unique(labels[touch])) / max(int(labels.max()), 1)
+
+
+@pytest.mark.parametrize("style", [*NUCLEI_STYLES, "mixed"])
+def test_nuclei_styles_2d_and_3d(style):
+    for shape, aniso in (((128, 128), None), ((24, 64, 64), None), ((16, 64, 64), 2.5)):
+        a = nuclei(shape, seed=4, style=style, anisotropy=aniso)
+        b = nuclei(shape, seed=4, style=style, anisotropy=aniso)
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+        assert a[0].dtype == np.float32 and a[0].shape == shape
+        assert a[1].max() >= (2 if len(shape) == 2 else 1)
+        assert_sequential(a[1])
+        assert_connected(a[1], 0.9)
+
+
+def test_nuclei_styles_differ_as_named():
+    looks = {s: nuclei((256, 256), seed=0, style=s) for s in NUCLEI_STYLES}
+    count = {s: int(lab.max()) for s, (_, lab) in looks.items()}
+    radius = {s: _mean_radius(lab) for s, (_, lab) in looks.items()}
+    assert count["dense"] > 3 * count["sparse"]
+    assert radius["large"] > 1.5 * radius["dense"]
+    assert _touching_fraction(looks["dense"][1]) > 2 * _touching_fraction(looks["sparse"][1])
+
+    def snr(image, labels):  # nucleus median over background spread
+        bg = image[ndimage.binary_dilation(labels > 0, iterations=3) == 0]
+        return (np.median(image[labels > 0]) - np.median(bg)) / bg.std()
+
+    assert snr(*looks["dim"]) < 0.5 * snr(*looks["sparse"])
+
+
+def test_new_appearance_options():
+    base = dict(shape=(128, 128), seed=2, n=20, poisson=None, gaussian=0.0, blur=0.0)
+    flat, lab = nuclei(**base)
+    ramp, lab2 = nuclei(**base, gradient=0.5)
+    assert np.array_equal(lab, lab2)  # same objects, brighter on one side
+    diff = ramp - flat
+    assert diff.min() >= -1e-6 and 0.45 < diff.max() <= 0.5 + 1e-5
+    bright, lab3 = nuclei(**base, bright_fraction=1.0, bright=(5.0, 5.0), texture=0.0)
+    assert bright[lab3 > 0].max() > 3 * flat[lab > 0].max()
+    spread = nuclei(shape=(256, 256), seed=3, n=40, touching=0.0)[1]
+    clumped = nuclei(shape=(256, 256), seed=3, n=40, touching=0.0, clumps=1.0)[1]
+
+    def nn_distance(labels):
+        c = np.array(ndimage.center_of_mass(labels > 0, labels, range(1, labels.max() + 1)))
+        d = np.sqrt(((c[:, None] - c[None]) ** 2).sum(-1))
+        np.fill_diagonal(d, np.inf)
+        return np.median(d.min(1))
+
+    assert nn_distance(clumped) < 0.8 * nn_distance(spread)
+    p = mixed_nuclei_params(np.random.default_rng(0))
+    assert set(p) >= set(NUCLEI_STYLES["dsb"])
+    for bad in ({"gradient": -1}, {"clumps": 2.0}, {"bright_fraction": -0.1},
+                {"bright": (2.0, 1.0)}):
+        with pytest.raises(NSEError):
+            nuclei((32, 32), **bad)
 
 
 def test_cantor_image_order():

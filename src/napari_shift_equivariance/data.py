@@ -173,6 +173,52 @@ def random_nuclei_params(rng: np.random.Generator, ndim: int = 2) -> dict[str, A
     }
 
 
+#: Named looks of :func:`nuclei` (``style=NAME``): appearance settings only, so every style
+#: works in 2D and 3D, isotropic or not. ``dsb`` imitates the 2018 Data Science Bowl
+#: fluorescence images: mostly dim, textured nuclei of radius ~8-14 px and a few bright ones.
+NUCLEI_STYLES: dict[str, dict[str, Any]] = {
+    "sparse": {"radius": (5.0, 9.0), "elongation": (1.0, 1.6), "brightness": (0.4, 1.0),
+               "touching": 0.05, "density": 0.06, "blur": 1.0, "background": 0.05,
+               "poisson": 200.0, "gaussian": 0.02, "texture": 0.3, "gradient": 0.0,
+               "bright_fraction": 0.0, "clumps": 0.0},
+    "dense": {"radius": (4.0, 8.0), "elongation": (1.0, 1.8), "brightness": (0.3, 1.0),
+              "touching": 0.6, "density": 0.35, "blur": 1.0, "background": 0.05,
+              "poisson": 200.0, "gaussian": 0.02, "texture": 0.3, "gradient": 0.1,
+              "bright_fraction": 0.0, "clumps": 0.5},
+    "dim": {"radius": (5.0, 10.0), "elongation": (1.0, 1.8), "brightness": (0.1, 0.3),
+            "touching": 0.25, "density": 0.15, "blur": 1.5, "background": 0.05,
+            "poisson": 30.0, "gaussian": 0.03, "texture": 0.3, "gradient": 0.15,
+            "bright_fraction": 0.0, "clumps": 0.2},
+    "large": {"radius": (12.0, 20.0), "elongation": (1.0, 1.8), "brightness": (0.3, 1.0),
+              "touching": 0.3, "density": 0.2, "blur": 1.5, "background": 0.05,
+              "poisson": 200.0, "gaussian": 0.02, "texture": 0.5, "gradient": 0.1,
+              "bright_fraction": 0.0, "clumps": 0.2},
+    "dsb": {"radius": (8.0, 14.0), "elongation": (1.0, 1.8), "brightness": (0.2, 0.45),
+            "touching": 0.2, "density": 0.15, "blur": 1.0, "background": 0.03,
+            "poisson": 300.0, "gaussian": 0.01, "texture": 0.35, "gradient": 0.03,
+            "bright_fraction": 0.05, "bright": (0.8, 1.2), "clumps": 0.3},
+}
+
+
+def mixed_nuclei_params(rng: np.random.Generator, ndim: int = 2) -> dict[str, Any]:
+    """One of :data:`NUCLEI_STYLES` drawn from ``rng``, its sizes, brightness and noise
+    jittered: the training mix of the default models (``style="mixed"``)."""
+    name = list(NUCLEI_STYLES)[int(rng.integers(len(NUCLEI_STYLES)))]
+    p = dict(NUCLEI_STYLES[name])
+    size = rng.uniform(0.7, 1.3) * (0.7 if ndim == 3 else 1.0)
+    p["radius"] = tuple(r * size for r in p["radius"])
+    gain = 10.0 ** rng.uniform(-0.3, 0.3)
+    p["brightness"] = tuple(b * gain for b in p["brightness"])
+    p["blur"] *= rng.uniform(0.6, 1.5)
+    p["poisson"] *= 10.0 ** rng.uniform(-0.5, 0.5)
+    p["gaussian"] *= rng.uniform(0.5, 2.0)
+    p["texture"] = float(np.clip(p["texture"] + rng.uniform(-0.2, 0.2), 0.0, 0.8))
+    p["bright_fraction"] = float(rng.choice([0.0, 0.03, 0.08]))
+    p.setdefault("bright", (0.8, 1.2))
+    p["gradient"] = float(rng.uniform(0.0, 0.2))
+    return p
+
+
 def _rotation(rng: np.random.Generator, ndim: int) -> np.ndarray:
     if ndim == 2:
         t = rng.uniform(0, 2 * np.pi)
@@ -213,6 +259,13 @@ class _Placer:
             u = rng.normal(size=ndim)
             u /= np.linalg.norm(u)
             dist = (self.radii[j] + semi.min()) * rng.uniform(0.75, 1.0)
+            centre = (self.centres[j] + u * dist) / scale
+        elif self.count > 0 and p.get("clumps", 0) > 0 and rng.random() < p["clumps"]:
+            # near an earlier object but not against it: clusters of cells
+            j = int(rng.integers(self.count))
+            u = rng.normal(size=ndim)
+            u /= np.linalg.norm(u)
+            dist = (self.radii[j] + semi.max()) * rng.uniform(1.1, 1.8)
             centre = (self.centres[j] + u * dist) / scale
         else:
             centre = rng.uniform(0, self.shape)
@@ -270,6 +323,8 @@ class _Placer:
         self.count += 1
         self.labels[box][visible] = self.count
         b = rng.uniform(*p["brightness"])
+        if p.get("bright_fraction", 0) > 0 and rng.random() < p["bright_fraction"]:
+            b = rng.uniform(*p["bright"])  # a few much brighter nuclei (mitoses, debris)
         profile = np.float32(b) * (np.float32(1) - np.float32(0.25) * np.minimum(d, 1) ** 2)
         # overlaps add up, as fluorescence does; the label goes to the earlier object
         self.image[box] += np.where(mask, profile, np.float32(0))
@@ -295,6 +350,10 @@ def nuclei(
     texture: float = 0.3,
     density: float = 0.15,
     style: str = "default",
+    gradient: float = 0.0,
+    bright_fraction: float = 0.0,
+    bright: tuple[float, float] = (0.8, 1.0),
+    clumps: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Nuclei-like fluorescence image with its instance labels, 2D or 3D.
 
@@ -337,7 +396,19 @@ def nuclei(
         Target area (volume) fraction covered by nuclei when ``n`` is None.
     style
         ``"default"`` uses the arguments; ``"varied"`` replaces the appearance arguments by
-        :func:`random_nuclei_params` drawn from the seed (shape, n, anisotropy are kept).
+        :func:`random_nuclei_params` drawn from the seed; a name in :data:`NUCLEI_STYLES`
+        (``"sparse"``, ``"dense"``, ``"dim"``, ``"large"``, ``"dsb"``) replaces them by
+        that style's settings; ``"mixed"`` draws one of those styles from the seed and
+        jitters it (:func:`mixed_nuclei_params`). ``shape``, ``n`` and ``anisotropy`` are
+        always kept.
+    gradient
+        Amplitude of a linear illumination ramp across the field, in a random direction.
+    bright_fraction, bright
+        Fraction of nuclei whose brightness is drawn from ``bright`` instead (a few very
+        bright nuclei, as mitoses are: they set the top percentile and the rest look dim
+        after normalisation).
+    clumps
+        Fraction of the other nuclei placed near (not against) an earlier one: cell clusters.
 
     Returns
     -------
@@ -351,12 +422,18 @@ def nuclei(
     params: dict[str, Any] = {
         "radius": radius, "elongation": elongation, "brightness": brightness,
         "touching": touching, "blur": blur, "background": background, "poisson": poisson,
-        "gaussian": gaussian, "texture": texture, "density": density,
+        "gaussian": gaussian, "texture": texture, "density": density, "gradient": gradient,
+        "bright_fraction": bright_fraction, "bright": bright, "clumps": clumps,
     }
     if style == "varied":
         params.update(random_nuclei_params(rng, ndim))
+    elif style == "mixed":
+        params.update(mixed_nuclei_params(rng, ndim))
+    elif style in NUCLEI_STYLES:
+        params.update(NUCLEI_STYLES[style])
     elif style != "default":
-        raise NSEError(f"style must be 'default' or 'varied', got {style!r}")
+        raise NSEError(f"style must be 'default', 'varied', 'mixed' or one of "
+                       f"{', '.join(NUCLEI_STYLES)}, got {style!r}")
     _check_nuclei_params(params)
     scale = np.ones(ndim)
     if anisotropy is not None:
@@ -385,6 +462,13 @@ def nuclei(
     spacing = max(shape) / 3
     uneven = smooth_field(shape, spacing, rng, sigma=0.15)[0]
     image += np.float32(params["background"]) * (1 + uneven)
+    if params["gradient"] > 0:  # illumination falling off across the field
+        u = rng.normal(size=ndim)
+        u /= np.linalg.norm(u)
+        ramp = sum(np.float32(c) * x / max(s - 1, 1)
+                   for c, x, s in zip(u, np.indices(shape, dtype=np.float32), shape))
+        ramp -= ramp.min()
+        image += np.float32(params["gradient"]) * ramp / max(float(ramp.max()), 1e-6)
     if params["blur"] > 0:
         sigma = [params["blur"]] * ndim
         if ndim == 3:
@@ -400,15 +484,16 @@ def nuclei(
 
 
 def _check_nuclei_params(p: dict[str, Any]) -> None:
-    for name in ("radius", "elongation", "brightness"):
+    for name in ("radius", "elongation", "brightness", "bright"):
         lo, hi = p[name]
         if not 0 < lo <= hi:
             raise NSEError(f"{name} must be a range (low, high) with 0 < low <= high")
     if p["elongation"][0] < 1:
         raise NSEError("elongation must be at least 1")
-    if not 0 <= p["touching"] <= 1:
-        raise NSEError("touching is a fraction from 0 to 1")
-    for name in ("blur", "background", "gaussian", "texture", "density"):
+    for name in ("touching", "bright_fraction", "clumps"):
+        if not 0 <= p[name] <= 1:
+            raise NSEError(f"{name} is a fraction from 0 to 1")
+    for name in ("blur", "background", "gaussian", "texture", "density", "gradient"):
         if p[name] < 0:
             raise NSEError(f"{name} cannot be negative")
     if p["poisson"] is not None and p["poisson"] < 0:
