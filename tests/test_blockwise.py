@@ -255,3 +255,23 @@ def test_two_dask_workers_and_a_worker_killed_mid_run(tmp_path, case2d):
     finally:
         client.close()
         cluster.close()
+
+
+def test_ome_zarr_out_new_store_and_into_an_image(tmp_path, case2d):
+    from ome_zarr.writer import write_image
+
+    from napari_shift_equivariance.omezarr import list_labels, read_omezarr
+
+    model, image, kw, ref = case2d
+    segment_blockwise(model, image, tmp_path / "new.ome.zarr", block=16, tile=8, **kw)
+    arr, meta = read_omezarr(tmp_path / "new.ome.zarr")
+    assert meta["is_labels"] and arr.chunks == (16, 16)
+    assert same_partition(arr[:], ref.labels)
+    img = tmp_path / "img.ome.zarr"
+    write_image(image, zarr.open_group(str(img), mode="w"), axes="yx")
+    segment_blockwise(model, str(img), img, block=16, tile=8, **kw)  # labels/ of the image
+    assert list_labels(img) == ["labels"]
+    assert same_partition(zarr.open_array(str(img / "labels" / "labels" / "0"))[:], ref.labels)
+    assert not (img / "labels" / "labels" / ".nse-work").exists()
+    with pytest.raises(NSEError, match="already has labels"):
+        segment_blockwise(model, str(img), img, block=16, tile=8, **kw)

@@ -25,6 +25,8 @@ _API = {
     "mean_shift": "clustering", "cluster_embeddings": "clustering",
     "segment": "segment", "segment_prediction": "segment", "SegmentResult": "segment",
     "compare": "compare", "save_comparison": "compare", "sweep": "compare",
+    "segment_blockwise": "blockwise", "predict_blockwise": "blockwise",
+    "run_blockwise": "blockwise",
     "evaluate": "metrics", "Evaluation": "metrics", "watershed_baseline": "baseline",
     "run_demo": "demo",
     # sharing and batch work

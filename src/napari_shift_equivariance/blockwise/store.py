@@ -157,6 +157,9 @@ def open_store(
         existing = root.exists()
     if existing and not overwrite:
         attrs = _attrs(paths)
+        if not resume and not paths.rename and attrs and attrs.get("complete"):
+            raise NSEError(f"{paths.final} already has labels {paths.omezarr!r}; refusing to "
+                           f"overwrite them (pass --overwrite)")
         if not resume:
             what = "labels" if not paths.rename else "an interrupted run"
             raise NSEError(f"{paths.root if paths.rename else paths.array} exists ({what}): "

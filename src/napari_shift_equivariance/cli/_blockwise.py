@@ -59,11 +59,15 @@ def run(args: argparse.Namespace, kind: str) -> int:
     """``nse segment|predict`` blockwise."""
     from ..blockwise import ImageRef, run_blockwise
     from ..model import load_model
+    from ..omezarr import is_omezarr
     from .segment import StageBars, _warn_to_stderr
 
     out = Path(args.out)
     if not _is_zarr(out):
         raise NSEError(f"blockwise output must be .zarr or .ome.zarr, got {out.name}")
+    if out.resolve() == Path(args.image).resolve() and not (kind == "segment" and is_omezarr(out)):
+        raise NSEError("--out is the input image; choose another file (only labels can go "
+                       "into an OME-Zarr image)")
     if getattr(args, "whole", False) or args.stitch != "correct":
         raise NSEError("blockwise runs use correct tiles (n*f^l on the global grid); "
                        "drop --whole / --stitch naive")

@@ -11,6 +11,7 @@ from ..batch import expand_inputs
 from ..errors import NSEError
 from ..options import STITCH_MODES
 from ._batch import add_batch, batch_predict
+from ._blockwise import add_blockwise, maybe_run
 from ._common import Progress, add_common, add_tiling, emit, int_list, resolve_mode
 
 
@@ -54,6 +55,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     add_batch(p, ".zarr")
     add_tiling(p)
+    add_blockwise(p)
     add_common(p, device=True, json_flag=True)
     p.set_defaults(func=cmd_predict)
 
@@ -137,6 +139,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
 
     if (sources := expand_inputs(args.image)) is not None:  # a folder or a glob
         return batch_predict(args, sources)
+    if (code := maybe_run(args, "predict")) is not None:  # blockwise: by flag or memory
+        return code
     out_path = Path(args.out)
     if out_path.suffix.lower() not in (".npy", ".tif", ".tiff", ".zarr"):
         raise NSEError(f"--out must end in .npy, .tif, .tiff or .zarr, got {out_path.name}")

@@ -12,6 +12,7 @@ from ..batch import expand_inputs
 from ..errors import NSEError
 from ..options import BACKENDS, PADS, SCOPES
 from ._batch import add_batch, batch_segment
+from ._blockwise import add_blockwise, maybe_run
 from ._common import Progress, add_common, add_tiling, emit, int_list, resolve_mode
 
 
@@ -39,6 +40,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_batch(p, ".tif")
     add_tiling(p)
     add_clustering(p)
+    add_blockwise(p)
     add_common(p, device=True, json_flag=True)
     p.set_defaults(func=cmd_segment)
 
@@ -123,6 +125,8 @@ def cmd_segment(args: argparse.Namespace) -> int:
 
     if (sources := expand_inputs(args.image)) is not None:  # a folder or a glob
         return batch_segment(args, sources)
+    if (code := maybe_run(args, "segment")) is not None:  # blockwise: by flag or memory
+        return code
     out = Path(args.out)
     if out.suffix.lower() not in (".npy", ".tif", ".tiff", ".zarr"):
         raise NSEError(f"--out must end in .npy, .tif, .tiff or .zarr, got {out.name}")
