@@ -18,12 +18,11 @@ from napari_shift_equivariance.formats import (
 )
 from napari_shift_equivariance.io import read_image, write_labels
 
-pytest.importorskip("bioio_ome_tiff")
-
 
 @pytest.fixture
 def ome_tiff(tmp_path):
     """Two scenes (series), CZYX, physical sizes and channel names, as microscopes write."""
+    pytest.importorskip("bioio_ome_tiff")
     import tifffile
 
     rng = np.random.default_rng(0)
@@ -79,6 +78,7 @@ def test_plain_tif_keeps_tifffile_and_imagej_scale(tmp_path):
     assert isinstance(arr, np.ndarray) and arr.shape == data.shape
     assert meta["axes"] == ["z", "y", "x"] and meta["scale"] == pytest.approx([3.0, 0.5, 0.5])
     assert meta["units"]["x"] == "micrometer"
+    assert image_metadata(tmp_path / "ij.tif") == meta  # without reading the pixels
     with pytest.raises(NSEError, match="no scenes"):
         read_image(tmp_path / "ij.tif", scene=0)
     np.save(tmp_path / "a.npy", data)

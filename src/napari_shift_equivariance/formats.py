@@ -322,6 +322,18 @@ def open_image(path: str | os.PathLike, *, lazy: bool = True, level: int = 0,
 def image_metadata(path: str | os.PathLike, *, level: int = 0, scene: int | str | None = None,
                    channel: int | str | None = None) -> dict:
     """The metadata dict of :func:`open_image` (axes, scale, units, ...), pixels not read."""
+    path = Path(path)
+    if channel is None and scene is None and not level and path.is_file() \
+            and format_of(path) == "tif":
+        import tifffile
+
+        try:
+            with tifffile.TiffFile(path) as tf:
+                shape = tuple(tf.series[0].shape) if tf.series else ()
+        except Exception:  # noqa: BLE001 - open_image below says what is wrong with the file
+            shape = ()
+        if shape and all(shape):
+            return _tif_meta(path, shape)
     return open_image(path, lazy=True, level=level, scene=scene, channel=channel)[1]
 
 
