@@ -427,9 +427,12 @@ def _restored_global_state() -> Iterator[None]:
 
 
 def _predictor_output(model: UNet, image: np.ndarray) -> np.ndarray:
+    """``nse predict``'s output, from a CPU copy (the caller's model stays where it is)."""
     from .predict import Predictor
 
-    return Predictor(model, "cpu").run(image, "whole")
+    copy = UNet(model.config)
+    copy.load_state_dict({k: v.detach().cpu() for k, v in model.state_dict().items()})
+    return Predictor(copy, "cpu").run(image, "whole")
 
 
 def _trace(net: BioimageioUNet, example: np.ndarray, path: Path) -> None:
