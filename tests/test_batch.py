@@ -82,6 +82,10 @@ def test_one_image_is_no_batch(folder, tmp_path):
     z = tmp_path / "a.zarr"
     z.mkdir()
     assert expand_inputs(z) is None  # a zarr folder is one image
+    (z / "raw").mkdir()
+    assert expand_inputs(z / "raw") is None  # and so is an array inside a zarr group
+    (tmp_path / "b.zarr").mkdir()
+    assert [p.name for p in expand_inputs(str(tmp_path / "*.zarr"))] == ["a.zarr", "b.zarr"]
 
 
 def test_folder_lists_images_only_sorted(folder):

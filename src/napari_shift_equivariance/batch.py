@@ -79,18 +79,22 @@ def is_image_path(path: Path) -> bool:
 
 
 def expand_inputs(spec: str | os.PathLike) -> list[Path] | None:
-    """The images ``spec`` names: ``None`` for one image (a file, a ``.zarr``, or a path
-    that does not exist and is no glob), else the sorted images of a folder (not recursive)
-    or the sorted matches of a glob (``**`` recurses). No image at all is an error."""
+    """The images ``spec`` names.
+
+    ``None`` for one image: a file, a ``.zarr`` or a path inside one, or a path that does
+    not exist and is no glob. Else the sorted images of a folder (not recursive) or the
+    sorted matches of a glob (``**`` recurses). No image at all is an error."""
     text = str(spec)
     path = Path(text)
-    if path.is_dir() and path.suffix.lower() not in (".zarr",):
+    if path.exists():
+        if not path.is_dir() or any(p.lower().endswith(".zarr") for p in path.parts):
+            return None  # a file, a zarr array, or an array inside a group (g.zarr/NAME)
         found = sorted(p for p in path.iterdir() if is_image_path(p))
         if not found:
             raise NSEError(f"folder {path} holds no images "
                            f"({', '.join(io.IMAGE_SUFFIXES)})")
         return found
-    if path.exists() or not (_GLOB_CHARS & set(text)):
+    if not (_GLOB_CHARS & set(text)):
         return None
     matches = sorted(Path(p) for p in glob.glob(text, recursive=True))
     found = [p for p in matches if is_image_path(p)]

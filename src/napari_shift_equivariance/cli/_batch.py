@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import NSEError
-from ._common import Progress, emit, resolve_mode
+from ._common import Progress, emit, image_options, resolve_mode
 
 SUFFIXES = (".tif", ".tiff", ".npy", ".zarr")
 
@@ -124,7 +124,8 @@ def batch_segment(args: argparse.Namespace, sources: Sequence[Path]) -> int:
     _check(args)
     mode, tile = resolve_mode(args)
     return _run(args, "segment", sources, lambda bars: segment_task(
-        args.model, mode, tile, progress=bars.staged_cb, amp=args.amp, **_seg_kwargs(args)),
+        args.model, mode, tile, progress=bars.staged_cb, read=image_options(args),
+        amp=args.amp, **_seg_kwargs(args)),
         args.suffix or ".tif")
 
 
@@ -135,6 +136,7 @@ def batch_predict(args: argparse.Namespace, sources: Sequence[Path]) -> int:
     _check(args)
     mode, tile = resolve_mode(args)
     return _run(args, "predict", sources, lambda bars: predict_task(
-        args.model, mode, tile, progress=bars.plain_cb, device=args.device, amp=args.amp,
+        args.model, mode, tile, progress=bars.plain_cb, read=image_options(args),
+        device=args.device, amp=args.amp,
         batch_size=args.batch_size, pad=args.pad, channel_axis=args.channel_axis),
         args.suffix or ".zarr")
