@@ -39,18 +39,22 @@ def test_bad_files(tmp_path):
         read_image(tmp_path / "bad.tif")
 
 
-def test_corrupt_tif_says_so(tmp_path):
+def test_corrupt_tif_says_so(tmp_path, caplog):
     import tifffile
 
     # a TIFF header with no image in it: tifffile itself returns shape (0,)
     (tmp_path / "empty.tif").write_bytes(b"II*\x00" + bytes(100))
     with pytest.raises(NSEError, match="empty.tif is not a readable TIFF.*corrupt"):
         read_image(tmp_path / "empty.tif")
+    (tmp_path / "empty_be.tif").write_bytes(b"MM\x00*" + bytes(100))  # big-endian
+    with pytest.raises(NSEError, match="empty_be.tif is not a readable TIFF"):
+        read_image(tmp_path / "empty_be.tif")
     tifffile.imwrite(tmp_path / "good.tif", np.zeros((64, 64), np.uint16))
     data = (tmp_path / "good.tif").read_bytes()
     (tmp_path / "cut.tif").write_bytes(data[: len(data) // 3])  # truncated download
     with pytest.raises(NSEError, match="cut.tif is corrupt"):
         read_image(tmp_path / "cut.tif")
+    assert not caplog.records  # one line from us, no tifffile warning on top
 
 
 @pytest.mark.parametrize("values, what", [(["a", "b"], "text"), ([b"a", b"b"], "bytes")])

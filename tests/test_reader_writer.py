@@ -93,6 +93,12 @@ def test_reader_declines_what_it_does_not_read(tmp_path):
     assert _reader.get_reader(str(tmp_path / "a.png")) is None
     assert _reader.get_reader([str(tmp_path / "a.zarr"), str(tmp_path / "b.zarr")]) is None
     assert _reader.get_reader(str(tmp_path / "missing.zarr")) is None
+    import zarr
+
+    zarr.open_array(str(tmp_path / "plain.zarr"), mode="w", shape=(5, 6), dtype="u2")
+    ((data, kwargs, kind),) = _reader.get_reader(str(tmp_path / "plain.zarr"))(
+        str(tmp_path / "plain.zarr"))
+    assert kind == "image" and data.shape == (5, 6) and kwargs["name"] == "plain"
 
 
 def test_save_labels_to_omezarr_and_tif(make_napari_viewer, tmp_path):

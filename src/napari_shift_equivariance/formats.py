@@ -57,6 +57,8 @@ def _is_ome_tiff(path: Path) -> bool:
     import tifffile
 
     try:
+        if _no_first_page(path):
+            return False
         with tifffile.TiffFile(path) as tf:
             return bool(tf.is_ome)
     except Exception:  # noqa: BLE001 - a corrupt tif is reported when it is read
@@ -206,9 +208,29 @@ def _tif_meta(path: Path, shape: tuple[int, ...]) -> dict:
     return _meta(axes, len(shape), "tif", scale=scale, units=units)
 
 
+def _no_first_page(path: Path) -> bool:
+    """A TIFF header whose first-page offset is 0: no image (tifffile would log a warning)."""
+    with open(path, "rb") as fh:
+        head = fh.read(16)
+    order = {b"II": "<", b"MM": ">"}.get(head[:2])
+    if order is None or len(head) < 8:
+        return False  # not a TIFF header at all: tifffile says so
+    version = int.from_bytes(head[2:4], "little" if order == "<" else "big")
+    if version == 42:
+        offset = head[4:8]
+    elif version == 43 and len(head) == 16:
+        offset = head[8:16]
+    else:
+        return False
+    return int.from_bytes(offset, "little" if order == "<" else "big") == 0
+
+
 def _read_tif(path: Path) -> np.ndarray:
     import tifffile
 
+    if _no_first_page(path):
+        raise NSEError(f"{path} is not a readable TIFF: it holds no image (corrupt or "
+                       "truncated file?)")
     try:
         with tifffile.TiffFile(path) as tf:
             if not tf.pages or not tf.series:
