@@ -199,7 +199,16 @@ def test_two_channel_model_and_sample(tmp_path):
     assert len(next(a for a in descr.inputs[0].axes if a.type == "channel").channel_names) == 2
     # cropped to the largest valid output size inside the sample: 4 + n*4 per axis
     assert _npy(path, "test_output.npy").shape == (1, 4, 68, 72)
-    assert _npy(path, "test_input.npy").shape == (1, 2, 68 + 40, 72 + 40)
+    test_in = _npy(path, "test_input.npy")
+    assert test_in.shape == (1, 2, 68 + 40, 72 + 40)
+    # a central crop, padded by half the context (20), clipped for the normalisation
+    inner = test_in[0, :, 20:-20, 20:-20]
+    crop = sample[:, 1:69, 1:73]
+    lo, hi = inner.min(), inner.max()
+    np.testing.assert_array_equal(inner, np.clip(crop, lo, hi))
+    big = np.random.default_rng(1).random((2, 600, 300)).astype(np.float32)
+    path_big = ex.export_bioimageio(model, tmp_path / "big.zip", sample=big, torchscript=False)
+    assert _npy(path_big, "test_output.npy").shape == (1, 4, 256, 256)
     from bioimageio.core import predict
 
     got = predict(model=str(path), inputs=_npy(path, "test_input.npy")).members["output"].data

@@ -36,7 +36,7 @@ import torch
 
 from . import __version__, normalize
 from .errors import NSEError
-from .geometry import Coordinate, Roi
+from .geometry import Coordinate, Roi, as_tuple
 from .io import atomic_path, check_output_path, read_box
 from .model import ModelConfig, UNet, load_model
 
@@ -44,6 +44,8 @@ FORMAT = "bioimageio"
 SPATIAL_AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
 #: Test image size: the smallest valid output at least this large, per axis.
 TEST_SIZE = {2: 128, 3: 24}
+#: A larger sample image is cropped (centrally) to at most this size per axis.
+MAX_TEST_SIZE = {2: 256, 3: 48}
 _CITE_URL = "https://github.com/Kainmueller-Lab/shift_equivariance_unet"
 _CITE_TEXT = ("Rumberger, Yu, Hirsch, Dohmen, Guarino, Mokarian, Mais, Funke, Kainmueller. "
               "How Shift Equivariance Impacts Metric Learning for Instance Segmentation. "
@@ -113,8 +115,12 @@ def _sample_image(config: ModelConfig, sample: Any, seed: int) -> np.ndarray:
         raise NSEError(f"the sample image {spatial} is smaller than the smallest valid "
                        f"output {tuple(config.geometry.min_output)}")
     g = config.geometry
-    keep = tuple(m + ((s - m) // k) * k for s, m, k in zip(spatial, g.min_output, g.grid))
-    return np.ascontiguousarray(sample[(..., *(slice(0, k) for k in keep))])
+    # the largest valid output size inside the sample, at most MAX_TEST_SIZE: a central crop
+    cap = [max(s, m) for s, m in zip(as_tuple(MAX_TEST_SIZE[nd], nd), g.min_output)]
+    keep = [m + ((min(s, c) - m) // k) * k
+            for s, c, m, k in zip(spatial, cap, g.min_output, g.grid)]
+    crop = tuple(slice((s - k) // 2, (s - k) // 2 + k) for s, k in zip(spatial, keep))
+    return np.ascontiguousarray(sample[(..., *crop)])
 
 
 def _pad(image: np.ndarray, config: ModelConfig) -> np.ndarray:
@@ -249,8 +255,8 @@ def export_bioimageio(
     model
         A :class:`~model.UNet` or a model spec for :func:`~model.load_model`.
     sample
-        Test image (``(C,) *spatial``, cropped to a valid output size); default: generated
-        nuclei of :func:`sample_shape`.
+        Test image (``(C,) *spatial``), centrally cropped to a valid output size of at most
+        :data:`MAX_TEST_SIZE`; default: generated nuclei of :func:`sample_shape`.
     torchscript
         Also write TorchScript weights (traced).
     overwrite
