@@ -10,15 +10,20 @@ import torch
 from napari_shift_equivariance.cli import main
 from napari_shift_equivariance.data import nuclei
 from napari_shift_equivariance.errors import NSEError
+from napari_shift_equivariance.loss import DEFAULT_DELTA_D
 from napari_shift_equivariance.model import ModelConfig, build_model, load_model, save_model
 from napari_shift_equivariance.train import (
+    UNLIMITED_ITERATIONS,
     CropSampler,
+    SplitInstanceWarning,
     TrainArray,
     TrainConfig,
     default_window,
     load_checkpoint,
     prepare_data,
     resolve_window,
+    split_validation,
+    torch_state,
     train,
 )
 
@@ -189,11 +194,15 @@ def test_progress_reports_every_iteration_and_loss_decreases(pair):
     result = train([pair[0]], [pair[1]], tiny(iterations=40, lr=1e-2, base_channels=4,
                                               embedding_dim=4),
                    progress=entries.append)
-    assert [e["iteration"] for e in entries] == list(range(1, 41))
-    assert {"iteration", "iterations", "loss", "var", "dist", "reg", "fg"} <= set(entries[0])
-    assert entries == result.history
-    first = np.mean([e["loss"] for e in entries[:5]])
-    last = np.mean([e["loss"] for e in entries[-5:]])
+    steps = [e for e in entries if e["stage"] == "train"]
+    assert [e["iteration"] for e in steps] == list(range(1, 41))
+    assert {"iteration", "iterations", "loss", "var", "dist", "reg", "fg", "lr", "seconds",
+            "fraction"} <= set(steps[0])
+    assert steps == result.history
+    assert [e["stage"] for e in entries[40:]] == ["calibrate"] * (len(entries) - 41) + ["done"]
+    assert entries[-1]["val_ap"] == result.calibration.ap
+    first = np.mean([e["loss"] for e in steps[:5]])
+    last = np.mean([e["loss"] for e in steps[-5:]])
     assert last < first
     assert not result.model.training
 
@@ -280,7 +289,8 @@ def test_training_state_is_stored_in_the_model(pair, tmp_path):
     loaded = load_model(path)
     cfg = TrainConfig.from_dict(loaded.config.extra["train"])
     assert cfg.seed == 5 and cfg.window == 12
-    assert loaded.config.loss["delta_d"] == 3.0
+    assert loaded.config.loss["delta_d"] == DEFAULT_DELTA_D == TrainConfig().delta_d
+    assert ModelConfig().loss["delta_d"] == DEFAULT_DELTA_D
 
 
 def test_validation_reports_ap(pair):
@@ -346,3 +356,97 @@ def test_cli_fine_tunes_and_resumes(files):
     assert main(resume) == 0
     assert_same_weights(weights(load_model(files / "a.pt")), weights(load_model(files / "b.pt")))
     assert main(_args(files, "--out", str(files / "c.pt"), "--from", str(files / "a.pt"))) == 0
+
+
+# -- time limit, process-wide state, bad labels ------------------------------------------
+
+
+def test_time_limit_stops_cleanly_then_validates_and_calibrates(pair):
+    img, lab = nuclei((96, 64), radius=(3.0, 6.0), seed=4)
+    limit = 8.0
+    cfg = tiny(iterations=UNLIMITED_ITERATIONS, time_limit=limit, lr=1e-2)
+    events = []
+    small = ([img[-24:, :40]], [lab[-24:, :40]])  # cheap to validate: a short test
+    result = train([img[:-24]], [lab[:-24]], cfg, progress=events.append, validation=small)
+    extra = result.model.config.extra
+    assert extra["stopped"] == "time_limit" and extra["iterations_done"] > 1
+    assert result.history[-1]["seconds"] < limit  # the loop kept the reserve
+    assert events[-1]["stage"] == "done" and events[-1]["stopped"] == "time_limit"
+    assert result.calibration is not None and "bandwidth" in extra
+    assert any("time limit" in n for n in result.notes)
+    # the learning-rate schedule follows the clock: it decays although few of the
+    # (unlimited) iterations were done
+    assert result.history[-1]["lr"] < 0.5 * result.history[0]["lr"]
+    assert result.history[-1]["fraction"] > 0.5
+
+
+def test_time_limit_too_short_is_one_clear_error_before_training(pair, tmp_path):
+    calls = []
+    with pytest.raises(NSEError, match="too short.*give at least"):
+        train([pair[0]], [pair[1]], tiny(time_limit=1e-3, checkpoint_every=1),
+              progress=calls.append, checkpoint_dir=tmp_path / "ckpt")
+    assert calls == [] and not (tmp_path / "ckpt").exists()
+
+
+def test_process_wide_torch_state_is_restored_exactly(pair):
+    threads = torch.get_num_threads()
+    saved = (torch.are_deterministic_algorithms_enabled(),
+             torch.is_deterministic_algorithms_warn_only_enabled(),
+             torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic)
+    seen = []
+
+    def progress(entry):
+        if entry["stage"] == "train":
+            seen.append(torch.are_deterministic_algorithms_enabled())
+
+    try:
+        torch.use_deterministic_algorithms(False)
+        torch.set_num_threads(2 if threads != 2 else 1)
+        before = torch.get_num_threads()
+        train([pair[0]], [pair[1]], tiny(iterations=2), progress=progress)
+        assert seen == [True, True]  # deterministic kernels while training on the CPU...
+        assert not torch.are_deterministic_algorithms_enabled()  # ...and only then
+        assert torch.get_num_threads() == before
+        torch.use_deterministic_algorithms(True, warn_only=False)
+        seen.clear()
+        train([pair[0]], [pair[1]], tiny(iterations=1, deterministic=False),
+              progress=progress)
+        assert seen == [True]  # a caller's own setting is left alone, not switched off...
+        assert torch.are_deterministic_algorithms_enabled()
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()  # ...nor its mode
+        with pytest.raises(RuntimeError, match="boom"), torch_state(torch.device("cpu"), True):
+            torch.set_num_threads(1)
+            raise RuntimeError("boom")
+        assert torch.get_num_threads() == before
+        assert not torch.is_deterministic_algorithms_warn_only_enabled()
+    finally:
+        torch.use_deterministic_algorithms(saved[0], warn_only=saved[1])
+        torch.backends.cudnn.benchmark, torch.backends.cudnn.deterministic = saved[2:]
+        torch.set_num_threads(threads)
+
+
+def test_one_id_in_several_pieces_is_warned_about_with_the_count(pair):
+    lab = pair[1].astype(np.int32).copy()
+    ids = [i for i in np.unique(lab) if i]
+    lab[lab == ids[1]] = ids[0]  # two nuclei share one ID
+    with pytest.warns(SplitInstanceWarning, match=r"1 instance ID\(s\).*2 pieces"):
+        result = train([pair[0]], [lab], tiny(iterations=1))
+    assert any("disconnected pieces" in n for n in result.notes)
+
+
+def test_fewer_than_two_instances_is_an_error(pair):
+    lab = np.zeros_like(pair[1])
+    lab[10:16, 10:16] = 3
+    with pytest.raises(NSEError, match="only one instance"):
+        train([pair[0]], [lab], tiny())
+
+
+def test_validation_split_is_held_out_of_training_automatically():
+    img, lab = nuclei((96, 64), radius=(3.0, 6.0), seed=4)
+    notes = []
+    arrays, raw = prepare_data([img], [lab], 2, None, None, notes)
+    held = split_validation(arrays, raw, (12, 12), 0.2, None, notes)
+    assert held[1].shape == (20, 64) and arrays[0].labels.shape == (76, 64)
+    np.testing.assert_array_equal(held[1], lab[76:])
+    result = train([img], [lab], tiny(iterations=2))
+    assert "last 20 px of image 1" in result.calibration.data

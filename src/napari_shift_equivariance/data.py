@@ -15,6 +15,7 @@ from scipy import ndimage
 
 from .augment import elastic_field, smooth_field
 from .errors import NSEError
+from .labels import relabel_sequential  # also importable as data.relabel_sequential
 
 #: Elastic deformation of the paper's disk experiments: control points every 20 px,
 #: jittered by N(0, 0.2) px (a sub-pixel jitter: disks stop being exact copies of each other).
@@ -35,20 +36,6 @@ def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     if len(shape) not in (2, 3) or min(shape) < 1:
         raise NSEError(f"shape must have 2 or 3 positive entries, got {shape}")
     return shape
-
-
-def relabel_sequential(labels: np.ndarray, start: int = 1) -> tuple[np.ndarray, int]:
-    """Renumber the non-zero labels to ``start .. start + K - 1`` in order of value.
-
-    Returns the uint32 labels and ``K``.
-    """
-    ids = np.unique(labels)
-    ids = ids[ids != 0]
-    if ids.size == 0:
-        return np.zeros(labels.shape, dtype=np.uint32), 0
-    new = np.searchsorted(ids, labels).astype(np.uint32) + np.uint32(start)
-    out = np.where(labels != 0, new, np.uint32(0)).astype(np.uint32, copy=False)
-    return out, int(ids.size)
 
 
 # -- the paper's disks -----------------------------------------------------------------

@@ -31,6 +31,9 @@ from torch import nn
 from .errors import NSEError
 
 _EPS = 1e-12
+#: The one default of the margins, used by the loss, ``TrainConfig`` and ``ModelConfig``.
+DEFAULT_DELTA_V = 0.5
+DEFAULT_DELTA_D = 1.5
 
 
 def _norm(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
@@ -89,8 +92,8 @@ def discriminative_loss(
     embeddings: torch.Tensor,
     labels: torch.Tensor,
     *,
-    delta_v: float = 0.5,
-    delta_d: float = 1.5,
+    delta_v: float = DEFAULT_DELTA_V,
+    delta_d: float = DEFAULT_DELTA_D,
     w_var: float = 1.0,
     w_dist: float = 1.0,
     w_reg: float = 1e-3,
@@ -188,8 +191,8 @@ class TrainingLoss(nn.Module):
 
     def __init__(
         self,
-        delta_v: float = 0.5,
-        delta_d: float = 1.5,
+        delta_v: float = DEFAULT_DELTA_V,
+        delta_d: float = DEFAULT_DELTA_D,
         w_var: float = 1.0,
         w_dist: float = 1.0,
         w_reg: float = 1e-3,

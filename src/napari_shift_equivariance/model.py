@@ -19,6 +19,7 @@ from torch import nn
 from . import __version__
 from .errors import NSEError
 from .geometry import UNetGeometry, as_tuple
+from .loss import DEFAULT_DELTA_D, DEFAULT_DELTA_V
 
 FORMAT = "napari-shift-equivariance/model"
 FORMAT_VERSION = 1
@@ -41,7 +42,8 @@ class ModelConfig:
         default_factory=lambda: {"kind": "percentile", "low": 1.0, "high": 99.8}
     )
     window: tuple[int, ...] | None = None
-    loss: dict[str, Any] = field(default_factory=lambda: {"delta_v": 0.5, "delta_d": 3.0})
+    loss: dict[str, Any] = field(
+        default_factory=lambda: {"delta_v": DEFAULT_DELTA_V, "delta_d": DEFAULT_DELTA_D})
     version: str = __version__
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -85,6 +85,7 @@ def _api_defaults() -> Any:
 
 
 _API = _api_defaults()
+NO_VAL = "validation AP@0.5: –"
 _TIP_PROGRESS = "its busy animation costs CPU with software OpenGL (remote desktops)"
 
 #: The Train dock's form, in the order its values are applied (causes before effects); the
@@ -165,6 +166,9 @@ class TrainWidget(Container):
         self.stop_btn = PushButton(text="Stop", enabled=False)
         self.bar = ProgressBar(label="Progress", min=0, max=1, value=0)
         self.status = WrapLabel(value="ready", lines=2)
+        self.val_info = WrapLabel(value=NO_VAL, lines=2,
+                                  tooltip="AP@0.5 on the crop held out of training; after "
+                                  "training (or Stop) the clustering is calibrated on it")
         self.save_path = FileEdit(label="Save as", mode="w", filter="*.pt")
         self.save_btn = PushButton(text="Save model", enabled=False)
         self.plot = LossPlot()
@@ -178,6 +182,7 @@ class TrainWidget(Container):
             self.pairs, pair_row, self.init, self.model_file, self.ndim, self.depth,
             self.factor, self.window,
             self.window_info, self.iterations, self.name_edit, run_row, self.bar,
+            self.val_info,
             self.save_path, self.save_btn,
         ])
         self.advanced = Container(widgets=[
@@ -352,6 +357,7 @@ class TrainWidget(Container):
         pbar = activity_progress(bool(self.napari_progress.value), total, "train")
         self.plot.clear()
         self.history = []
+        self.val_info.value = NO_VAL
         self.bar.max, self.bar.value = total, 0
 
         def work(report, cancel):
@@ -384,6 +390,9 @@ class TrainWidget(Container):
                 self.history.append(e)
                 self.plot.add(int(e.get("iteration", len(self.history))),
                               float(e.get("loss", math.nan)))
+                if "val_ap" in e:
+                    self.val_info.value = (f"validation AP@0.5: {e['val_ap']:.3f} (iteration "
+                                           f"{e['iteration']})")
             stage = entries[-1] if entries else {}
             if stage.get("stage") == "calibrate":
                 self.status.value = (f"calibrating on the validation split "
@@ -440,6 +449,12 @@ class TrainWidget(Container):
         self.save_btn.enabled = True
         how = f"stopped after {n} iterations" if stopped else f"done, {n} iterations"
         self.status.value = f"{how}; model {self.model_name!r} is ready"
+        cal = getattr(result, "calibration", None)
+        if cal is not None:  # train() calibrates at the end, also after Stop
+            self.val_info.value = (
+                f"validation AP@0.5: {cal.ap:.3f} calibrated (bandwidth {cal.bandwidth:.3g}, "
+                f"threshold {cal.fg_threshold:.2g}, min size {cal.min_size}; uncalibrated "
+                f"{cal.default_ap:.3f})")
         self.status.tooltip = "\n".join(getattr(result, "notes", []) or [])
         notify(f"training {how}: model {self.model_name!r}")
 

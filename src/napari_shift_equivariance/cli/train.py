@@ -10,11 +10,15 @@ from typing import Any
 from ..errors import NSEError
 from ._common import add_common, emit, int_list
 
+#: the recipes of ``--preset`` (kept in step with ``train.config.PRESETS`` without importing
+#: torch for ``--help``; a test checks)
+PRESET_NAMES = ("default", "default3d")
+
 #: flags that map one-to-one onto TrainConfig fields (None = keep the config's default)
 CONFIG_FLAGS = (
     "ndim", "depth", "factor", "base_channels", "embedding_dim", "upsampling", "window",
     "iterations", "lr", "batch_size", "seed", "device", "delta_v", "delta_d", "background",
-    "ignore_index", "fg_loss", "val_every", "checkpoint_every",
+    "ignore_index", "fg_loss", "val_every", "checkpoint_every", "time_limit",
 )
 
 
@@ -31,8 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="instance labels of the image given at the same position (integers, "
                    "0 = background)")
     p.add_argument("--out", required=True, help="model file to write (.pt)")
-    p.add_argument("--preset", choices=["default"],
-                   help="the bundled default model's recipe on generated data (no --image)")
+    p.add_argument("--preset", choices=list(PRESET_NAMES),
+                   help="the recipe of a bundled model on generated data (no --image): "
+                   "default (2D) or default3d")
     p.add_argument("--from", dest="init", metavar="M0",
                    help="fine-tune from this model file or 'default'")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint file")
@@ -51,12 +56,16 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "at least 64 px in 2D / 32 in 3D, rounded up to a valid size)")
     t.add_argument("--allow-small-window", action="store_true",
                    help="accept a window <= f^l (makes seams: the paper's failure case)")
-    t.add_argument("--iterations", type=int, help="default 2000")
+    t.add_argument("--iterations", type=int,
+                   help="default 2000; with --time-limit: no iteration limit")
+    t.add_argument("--time-limit", type=float, metavar="SECONDS",
+                   help="stop training in time to validate, calibrate and save within SECONDS "
+                   "(the learning-rate schedule follows the clock)")
     t.add_argument("--lr", type=float, help="Adam learning rate (default 1e-3, cosine decay)")
     t.add_argument("--batch-size", type=int, help="crops per iteration (default 4)")
     t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--delta-v", type=float, help="pull margin (default 0.5)")
-    t.add_argument("--delta-d", type=float, help="push margin (default 3.0)")
+    t.add_argument("--delta-d", type=float, help="push margin (default 1.5)")
     t.add_argument("--background", choices=["ignore", "instance"],
                    help="ignore: background only in the foreground channel (default); "
                    "instance: background is one more instance (the paper)")
@@ -66,7 +75,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--in-plane-only", action="store_true",
                    help="3D: flip, rotate and deform in-plane only (anisotropic stacks)")
     t.add_argument("--val-every", type=int,
-                   help="validate (AP@0.5 on a held-out crop) every N iterations")
+                   help="validate (AP@0.5 on the held-out crop) every N iterations (default: "
+                   "about 10 times per run; 0: only at the end)")
+    t.add_argument("--val-fraction", type=float,
+                   help="share of the largest image held out for validation (default 0.2)")
+    t.add_argument("--keep-best", action="store_true",
+                   help="return the weights with the best validation AP, not the last ones")
+    t.add_argument("--no-calibrate", action="store_true",
+                   help="do not choose bandwidth / foreground threshold / minimum size on the "
+                   "validation crop after training (segment then uses the loss margins)")
     t.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N iterations")
     t.add_argument("--checkpoint-dir", help="checkpoint folder (default: OUT.checkpoints)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -85,24 +102,41 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 class TrainBar:
-    """A tqdm bar on stderr fed by ``train``'s per-iteration dicts (loss in the postfix)."""
+    """A tqdm bar on stderr fed by ``train``'s progress events: iterations (or per mille of
+    the time limit) with the loss and validation AP in the postfix, then the calibration."""
 
-    def __init__(self, total: int, quiet: bool):
+    def __init__(self, total: int, quiet: bool, timed: bool = False):
         self.bar = None
+        self.timed = timed
+        self.val = None
+        self.calibrating = False
         if not quiet:
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, desc="train", file=sys.stderr, dynamic_ncols=True,
-                            leave=False)
+            self.bar = tqdm(total=1000 if timed else total, desc="train", file=sys.stderr,
+                            dynamic_ncols=True, leave=False,
+                            unit="‰" if timed else "it")
 
     def __call__(self, entry: dict) -> None:
         if self.bar is None:
             return
-        self.bar.n = entry["iteration"]
-        post = {"loss": f"{entry['loss']:.4g}"}
-        if "val_ap" in entry:
-            post["val_ap"] = f"{entry['val_ap']:.3f}"
-        self.bar.set_postfix(post, refresh=False)
+        stage = entry.get("stage", "train")
+        if stage == "train":
+            self.bar.n = (int(1000 * entry["fraction"]) if self.timed
+                          else entry["iteration"])
+            if "val_ap" in entry:
+                self.val = f"{entry['val_ap']:.3f}"
+            post = {"it": entry["iteration"], "loss": f"{entry['loss']:.4g}"}
+            if self.val is not None:
+                post["val_ap"] = self.val
+            self.bar.set_postfix(post, refresh=False)
+        elif stage == "calibrate":
+            if not self.calibrating:
+                self.calibrating = True
+                self.bar.set_description("calibrate", refresh=False)
+                self.bar.unit = "step"
+                self.bar.reset(total=entry["total"])
+            self.bar.n = entry["done"]
         self.bar.refresh()
 
     def close(self) -> None:
@@ -120,6 +154,16 @@ def _config(args: argparse.Namespace, base: Any) -> Any:
         values["augment"] = False
     if args.in_plane_only:
         values["in_plane_only"] = True
+    if args.keep_best:
+        values["keep_best"] = True
+    if args.no_calibrate:
+        values["calibrate"] = False
+    if args.val_fraction is not None:
+        values["val_fraction"] = args.val_fraction
+    if args.time_limit is not None and args.iterations is None:
+        from ..train import UNLIMITED_ITERATIONS
+
+        values["iterations"] = UNLIMITED_ITERATIONS
     return dataclasses.replace(base, **values)
 
 
@@ -176,7 +220,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     ckpt_dir = None
     if config.checkpoint_every:
         ckpt_dir = Path(args.checkpoint_dir or f"{out}.checkpoints")
-    bar = TrainBar(config.iterations, args.quiet)
+    bar = TrainBar(config.iterations, args.quiet, timed=config.time_limit is not None)
     try:
         result = train(images, labels, config, init_model=args.init, progress=bar,
                        checkpoint_dir=ckpt_dir, resume=args.resume)
@@ -188,11 +232,14 @@ def cmd_train(args: argparse.Namespace) -> int:
             print(f"nse train: {note}", file=sys.stderr)
     last = result.history[-1] if result.history else {}
     vals = [e["val_ap"] for e in result.history if "val_ap" in e]
+    cal = result.calibration
     data = {
         "model": str(path),
         "iterations": int(last.get("iteration", 0)),
         "final_loss": last.get("loss"),
-        "val_ap": vals[-1] if vals else None,
+        "val_ap": cal.ap if cal is not None else (vals[-1] if vals else None),
+        "calibration": cal.to_dict() if cal is not None else None,
+        "stopped": result.model.config.extra.get("stopped"),
         "seconds": last.get("seconds"),
         "window": list(result.model.config.window or []),
         "config": result.model.config.to_dict(),
@@ -201,6 +248,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     }
     loss = f", final loss {last['loss']:.4g}" if last else ""
     val = f", validation AP@0.5 {vals[-1]:.3f}" if vals else ""
+    if cal is not None:
+        val = (f", calibrated on {cal.data}: bandwidth {cal.bandwidth:.3g}, foreground "
+               f"threshold {cal.fg_threshold:.2g}, min size {cal.min_size}, validation AP@0.5 "
+               f"{cal.ap:.3f} (uncalibrated {cal.default_ap:.3f})")
+    if data["stopped"] == "time_limit":
+        loss += f", stopped by the time limit of {config.time_limit:g} s"
     emit(args, data, f"wrote {path} after {data['iterations']} iterations{loss}{val}")
     return 0
 

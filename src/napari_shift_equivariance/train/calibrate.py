@@ -1,0 +1,343 @@
+"""Calibration: the clustering settings that segment a model's validation images best.
+
+:func:`calibrate` predicts each image once, then clusters that prediction on a small grid of
+mean-shift bandwidths x foreground thresholds, filters each result by a few minimum sizes,
+and keeps the combination with the best mean AP@0.5. :meth:`Calibration.apply` stores it in
+``model.config.extra`` (``"bandwidth"``, ``"fg_threshold"``, ``"min_size"`` and the record
+``"calibration"``), where ``segment`` and the widgets pick it up
+(``options.ClusterOptions.resolve``). The minimum size is a filter after clustering, so
+trying several costs no extra clustering.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import Cancelled, NSEError, is_cancelled
+from ..labels import check_labels, instance_ids, instance_sizes, remove_small
+from ..model import ModelConfig, UNet
+
+#: keys of ``model.config.extra`` written by :meth:`Calibration.apply`
+CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size", "calibration")
+#: bandwidths tried, as multiples of the bandwidth the loss margins imply
+BANDWIDTH_FACTORS = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8)
+FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+DEFAULT_FG = 0.5
+SEARCHES = ("coordinate", "full")
+
+
+def margin_bandwidth(config: ModelConfig) -> float:
+    """The bandwidth the model's loss margins imply (the uncalibrated default)."""
+    from ..clustering import estimate_bandwidth_from_margins
+    from ..loss import DEFAULT_DELTA_D, DEFAULT_DELTA_V
+
+    loss = config.loss or {}
+    return float(estimate_bandwidth_from_margins(float(loss.get("delta_v", DEFAULT_DELTA_V)),
+                                                 float(loss.get("delta_d", DEFAULT_DELTA_D))))
+
+
+def default_min_size(ndim: int) -> int:
+    from ..options import DEFAULT_MIN_SIZE
+
+    return int(DEFAULT_MIN_SIZE[ndim])
+
+
+def default_grid(config: ModelConfig, labels: Sequence[np.ndarray] = ()) -> dict[str, list]:
+    """The grid :func:`calibrate` searches by default: bandwidths around the margin bandwidth,
+    thresholds 0.3..0.7, and minimum sizes: the default one and fractions of the smaller
+    annotated objects (``labels``)."""
+    b0 = margin_bandwidth(config)
+    ms0 = default_min_size(config.ndim)
+    sizes = [s for lab in labels for s in instance_sizes(np.asarray(lab)).values()]
+    min_sizes = {0, ms0}
+    if sizes:
+        small = float(np.percentile(sizes, 10))
+        min_sizes |= {int(small * f) for f in (0.25, 0.5)}
+    return {"bandwidth": [round(b0 * f, 4) for f in BANDWIDTH_FACTORS],
+            "fg_threshold": list(FG_THRESHOLDS),
+            "min_size": sorted(min_sizes)}
+
+
+@dataclass
+class Calibration:
+    """The chosen clustering settings and how they were found.
+
+    ``ap`` is the mean AP@0.5 at the chosen settings, ``default_ap`` at the uncalibrated
+    defaults (margin bandwidth, threshold 0.5, default minimum size); ``scores`` holds every
+    grid point as ``{"bandwidth", "fg_threshold", "min_size", "ap"}``; ``data`` says which
+    images were used.
+    """
+
+    bandwidth: float
+    fg_threshold: float
+    min_size: int
+    ap: float
+    default_ap: float
+    grid: dict[str, list] = field(default_factory=dict)
+    scores: list[dict] = field(default_factory=list)
+    data: str = ""
+    n_images: int = 0
+    n_instances: int = 0
+    seconds: float = 0.0
+    search: str = "coordinate"
+    complete: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Calibration:
+        return cls(**d)
+
+    def apply(self, model: UNet) -> UNet:
+        """Store the settings in ``model.config.extra`` (in place; returns ``model``)."""
+        model.config.extra = {
+            **(model.config.extra or {}),
+            "bandwidth": float(self.bandwidth), "fg_threshold": float(self.fg_threshold),
+            "min_size": int(self.min_size), "calibration": self.to_dict(),
+        }
+        return model
+
+
+def clear_calibration(config: ModelConfig) -> None:
+    """Drop calibration keys (they belong to other weights, e.g. a fine-tuning start)."""
+    config.extra = {k: v for k, v in (config.extra or {}).items() if k not in CALIBRATION_KEYS}
+
+
+def _cluster(prediction: np.ndarray, ndim: int, bandwidth: float, fg_threshold: float,
+             device: str) -> np.ndarray:
+    """Labels of one prediction with minimum size 0 (size filters come after)."""
+    from ..options import ClusterOptions
+    from ..segment import instances_from_prediction
+
+    opts = ClusterOptions(bandwidth=bandwidth, fg_threshold=fg_threshold, min_size=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        labels, _ = instances_from_prediction(prediction, ndim, opts, device=device)
+    return labels
+
+
+def _without_ignored(gt: np.ndarray, pred: np.ndarray, ignore_index: int | None
+                     ) -> tuple[np.ndarray, np.ndarray]:
+    """Predicted objects lying mostly on unannotated pixels are dropped before matching."""
+    if ignore_index is None:
+        return gt, pred
+    unannotated = gt == ignore_index
+    ids, counts = np.unique(pred[pred > 0], return_counts=True)
+    bad = np.bincount(pred[unannotated & (pred > 0)].ravel(), minlength=int(pred.max()) + 1)
+    drop = ids[bad[ids] * 2 > counts]
+    return np.where(unannotated, 0, gt), np.where(np.isin(pred, drop), 0, pred)
+
+
+def ap50(gt: np.ndarray, pred: np.ndarray, ignore_index: int | None = None) -> float:
+    """AP@0.5 of one prediction (objects mostly on ``ignore_index`` pixels dropped)."""
+    from ..metrics import match
+
+    gt, pred = _without_ignored(np.asarray(gt), np.asarray(pred), ignore_index)
+    return float(match(gt.astype(np.int64), pred.astype(np.int64), 0.5)["ap"])
+
+
+def _pick(scores: list[dict], b0: float, ms0: int) -> dict:
+    """The best mean AP; ties go to the threshold nearest 0.5, then the middle of the tied
+    bandwidths (the widest plateau is the safest), then the default minimum size."""
+    best = max(s["ap"] for s in scores)
+    tied = [s for s in scores if s["ap"] >= best - 1e-9]
+    fg = min({s["fg_threshold"] for s in tied}, key=lambda t: (abs(t - 0.5), t))
+    tied = [s for s in tied if s["fg_threshold"] == fg]
+    bws = sorted({s["bandwidth"] for s in tied})
+    bw = bws[(len(bws) - 1) // 2] if len(bws) > 1 else bws[0]
+    tied = [s for s in tied if s["bandwidth"] == bw]
+    return min(tied, key=lambda s: (abs(s["min_size"] - ms0), s["min_size"]))
+
+
+def calibrate(
+    model: UNet,
+    images: Sequence[Any],
+    labels: Sequence[Any],
+    *,
+    bandwidths: Sequence[float] | None = None,
+    fg_thresholds: Sequence[float] | None = None,
+    min_sizes: Sequence[int] | None = None,
+    ignore_index: int | None = None,
+    mode: str = "correct",
+    tile: Any = None,
+    device: str = "auto",
+    data: str = "",
+    search: str = "coordinate",
+    time_limit: float | None = None,
+    predictions: Sequence[np.ndarray] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+    cancel: Any = None,
+) -> Calibration:
+    """Choose bandwidth, foreground threshold and minimum size by AP@0.5 on ``images``.
+
+    Parameters
+    ----------
+    model
+        The trained model (not changed: store the result with :meth:`Calibration.apply`).
+    images, labels
+        Validation images (raw, as ``segment`` takes them) and their instance labels; images
+        the model was trained on give optimistic settings.
+    bandwidths, fg_thresholds, min_sizes
+        The grid (``None``: :func:`default_grid`). Every minimum size is scored at every
+        clustering (a filter after it, no extra cost).
+    search
+        ``"coordinate"`` (default): bandwidths at threshold 0.5, thresholds at the best
+        bandwidth, bandwidths again at the best threshold (``2 * B + T - 2`` clusterings at
+        most); ``"full"``: every bandwidth x threshold (``B * T``). Bandwidths are tried
+        from the margin bandwidth outwards, larger ones first.
+    time_limit
+        Seconds for the whole call: the search stops when they are spent (after at least
+        the first clustering) and keeps the best found (``complete`` is then False).
+    predictions
+        Network outputs of ``images`` if already computed (``(E + 1, *spatial)`` each).
+    data
+        A description of the images, kept in the record.
+    progress, cancel
+        ``progress(done, total)``; ``cancel`` (callable or ``threading.Event``) stops with
+        :class:`~..errors.Cancelled`.
+    """
+    from ..predict import Predictor
+
+    t0 = time.perf_counter()
+    images, labels = list(images), list(labels)
+    if len(images) != len(labels) or not images:
+        raise NSEError("calibration needs at least one image and exactly one labels image "
+                       "per image")
+    gts = [check_labels(lab, f"calibration labels {i}", ignore_index)
+           for i, lab in enumerate(labels, start=1)]
+    n_inst = sum(len(instance_ids(g, ignore_index)) for g in gts)
+    if n_inst == 0:
+        raise NSEError("the calibration labels hold no instance")
+    config = model.config
+    grid = default_grid(config, [np.where(g == ignore_index, 0, g) if ignore_index is not None
+                                 else g for g in gts])
+    for key, given in (("bandwidth", bandwidths), ("fg_threshold", fg_thresholds),
+                       ("min_size", min_sizes)):
+        if given is not None:
+            grid[key] = sorted({float(v) if key != "min_size" else int(v) for v in given})
+            if not grid[key]:
+                raise NSEError(f"calibration grid for {key} is empty")
+    for b in grid["bandwidth"]:
+        if not (math.isfinite(b) and b > 0):
+            raise NSEError(f"bandwidths must be positive, got {b}")
+    for t in grid["fg_threshold"]:
+        if not 0 < t < 1:
+            raise NSEError(f"foreground thresholds lie strictly between 0 and 1, got {t}")
+    if any(m < 0 for m in grid["min_size"]):
+        raise NSEError("minimum sizes must be non-negative")
+    b0, ms0 = margin_bandwidth(config), default_min_size(config.ndim)
+
+    bws, fgs, mss = grid["bandwidth"], grid["fg_threshold"], grid["min_size"]
+    if search not in SEARCHES:
+        raise NSEError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
+    n_points = len(bws) * len(fgs) if search == "full" else 2 * len(bws) + len(fgs) - 2
+    total = len(images) * (1 + n_points)
+    done = 0
+
+    def step(n: int = 1) -> None:
+        nonlocal done
+        done = min(done + n, total)
+        if progress is not None:
+            progress(done, total)
+        if is_cancelled(cancel):
+            raise Cancelled("calibration cancelled")
+
+    dev = device
+    if predictions is None or len(predictions) != len(images):
+        predictor = Predictor(model, device)
+        dev = str(predictor.device)
+        preds = []
+        for image in images:
+            preds.append(predictor.run(np.asarray(image), mode, tile))
+            step()
+    else:
+        preds = [np.asarray(p) for p in predictions]
+        step(len(images))
+
+    table: dict[tuple[float, float, int], float] = {}
+    complete = True
+
+    def point(b: float, t: float) -> float:
+        """Score ``(b, t)`` at every minimum size; the best of them (-1 once out of time)."""
+        nonlocal complete
+        if (b, t, mss[0]) not in table:
+            if table and time_limit is not None and time.perf_counter() - t0 > time_limit:
+                complete = False
+                return -1.0
+            aps: dict[int, list[float]] = {m: [] for m in mss}
+            for pred, gt in zip(preds, gts):
+                lab = _cluster(pred, config.ndim, b, t, dev)
+                for m in mss:
+                    aps[m].append(ap50(gt, remove_small(lab, m), ignore_index))
+                step()
+            table.update({(b, t, m): float(np.mean(v)) for m, v in aps.items()})
+        return max(table[(b, t, m)] for m in mss)
+
+    # the margin bandwidth first, then outwards (larger first: over-splitting is the usual
+    # failure), so that a search cut short by the time limit has tried the likeliest
+    order = sorted(bws, key=lambda v: (abs(math.log(v / b0)), -v))
+    if search == "full":
+        for b in order:
+            for t in fgs:
+                point(b, t)
+    else:
+        # coordinate search: bandwidths at the threshold nearest 0.5, thresholds at the best
+        # bandwidth, then bandwidths again at the best threshold
+        t = min(fgs, key=lambda v: (abs(v - DEFAULT_FG), v))
+        b = max(order, key=lambda v: (point(v, t), -abs(v - b0)))
+        t_best = max(fgs, key=lambda v: (point(b, v), -abs(v - DEFAULT_FG)))
+        if t_best != t:
+            for v in order:
+                point(v, t_best)
+    step(total)
+    scores = [{"bandwidth": b, "fg_threshold": t, "min_size": m, "ap": ap}
+              for (b, t, m), ap in table.items()]
+    best = _pick(scores, b0, ms0)
+    default = _nearest(scores, b0, DEFAULT_FG, ms0)
+    return Calibration(
+        bandwidth=float(best["bandwidth"]), fg_threshold=float(best["fg_threshold"]),
+        min_size=int(best["min_size"]), ap=float(best["ap"]),
+        default_ap=float(default["ap"]), grid=grid, scores=scores, data=data,
+        n_images=len(images), n_instances=int(n_inst), seconds=time.perf_counter() - t0,
+        search=search, complete=complete)
+
+
+def _nearest(scores: list[dict], b: float, t: float, m: int) -> dict:
+    return min(scores, key=lambda s: (abs(s["bandwidth"] - b), abs(s["fg_threshold"] - t),
+                                      abs(s["min_size"] - m)))
+
+
+def evaluate(model: UNet, images: Sequence[Any], labels: Sequence[Any], *,
+             bandwidth: float | None = None, ignore_index: int | None = None,
+             mode: str = "correct", tile: Any = None, device: str = "auto",
+             thresh: float = 0.5) -> dict[str, Any]:
+    """Segment each image (the model's own clustering settings unless ``bandwidth`` is given)
+    and match it to its labels: mean AP@``thresh`` and counts.
+
+    Predicted objects lying mostly on ``ignore_index`` pixels are dropped before matching.
+    """
+    from ..metrics import match
+    from ..segment import segment
+
+    aps, per_image = [], []
+    for image, gt in zip(images, labels):
+        gt = np.asarray(gt)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            pred = segment(model, np.asarray(image), mode, tile, bandwidth=bandwidth,
+                           device=device).labels
+        gt, pred = _without_ignored(gt, pred, ignore_index)
+        m = match(gt.astype(np.int64), pred.astype(np.int64), thresh)
+        aps.append(float(m["ap"]))
+        per_image.append({"ap": float(m["ap"]), "n_gt": int(len(np.unique(gt[gt > 0]))),
+                          "n_pred": int(len(np.unique(pred[pred > 0])))})
+    return {"ap": float(np.mean(aps)) if aps else math.nan, "images": per_image}

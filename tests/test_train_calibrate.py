@@ -1,0 +1,161 @@
+"""Calibration: bandwidth, foreground threshold and minimum size chosen by AP@0.5 on held-out
+data, stored in the model, used by segment; a trained model never keeps an over-splitting
+bandwidth."""
+
+import numpy as np
+import pytest
+
+from napari_shift_equivariance.data import nuclei
+from napari_shift_equivariance.errors import NSEError
+from napari_shift_equivariance.model import ModelConfig, build_model, save_model
+from napari_shift_equivariance.options import ClusterOptions
+from napari_shift_equivariance.segment import instances_from_prediction, segment
+from napari_shift_equivariance.train import (
+    CALIBRATION_KEYS,
+    Calibration,
+    TrainConfig,
+    ap50,
+    calibrate,
+    margin_bandwidth,
+    train,
+)
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+
+def tiny_model():
+    return build_model(ModelConfig(depth=1, base_channels=2, embedding_dim=2), seed=0)
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """Ground truth and a synthetic network output whose instance embeddings are far apart
+    but loose (spread 1.2 around each mean): the loss-margin bandwidth (1.0) over-splits them.
+    Foreground probability 0.8 on the nuclei, 0.55 on a few background blobs."""
+    _, gt = nuclei((64, 64), radius=(4.0, 6.0), touching=0.0, seed=3)
+    rng = np.random.default_rng(0)
+    ids = np.unique(gt)[1:]
+    means = {int(k): np.array([12.0 * i, 12.0 * (i % 3)]) for i, k in enumerate(ids)}
+    emb = rng.normal(0, 1.2, (2, *gt.shape))
+    for k, m in means.items():
+        emb[:, gt == k] += m[:, None]
+    fg = np.where(gt > 0, 0.8, 0.05)
+    for y, x in ((5, 5), (50, 10), (30, 55)):
+        blob = np.zeros_like(fg, bool)
+        blob[max(y - 3, 0):y + 3, max(x - 3, 0):x + 3] = True
+        fg[blob & (gt == 0)] = 0.55
+    return gt, np.concatenate([emb, fg[None]]).astype(np.float32)
+
+
+def test_calibration_finds_the_settings_and_beats_the_defaults(scene):
+    gt, pred = scene
+    model = tiny_model()
+    before = dict(model.config.extra)
+    cal = calibrate(model, [np.zeros(gt.shape, np.float32)], [gt], predictions=[pred],
+                    data="synthetic", device="cpu")
+    assert model.config.extra == before  # calibrate does not change the model
+    assert cal.bandwidth > margin_bandwidth(model.config)
+    assert cal.fg_threshold > 0.55  # the dim background blobs are left out
+    assert cal.ap >= 0.9 > cal.default_ap
+    assert cal.data == "synthetic" and cal.n_images == 1
+    assert cal.n_instances == len(np.unique(gt)) - 1
+    assert len(cal.scores) < len(cal.grid["bandwidth"]) * len(cal.grid["fg_threshold"]) * len(
+        cal.grid["min_size"])  # coordinate search: not every combination
+    best = max(s["ap"] for s in cal.scores)
+    assert cal.ap == best
+    full = calibrate(model, [gt], [gt], predictions=[pred], search="full", device="cpu")
+    assert full.ap >= cal.ap and len(full.scores) == (
+        len(full.grid["bandwidth"]) * len(full.grid["fg_threshold"]) * len(full.grid["min_size"]))
+
+
+def test_calibrated_model_segments_with_its_calibration_never_the_over_splitting_default(
+        scene, tmp_path):
+    gt, pred = scene
+    model = tiny_model()
+    n_gt = len(np.unique(gt)) - 1
+    default = ClusterOptions().resolve(model.config)
+    over, _ = instances_from_prediction(pred, 2, default, device="cpu")
+    assert over.max() >= 2 * n_gt  # the margin bandwidth over-splits this output 2x
+    cal = calibrate(model, [gt], [gt], predictions=[pred], device="cpu")
+    cal.apply(model)
+    assert set(CALIBRATION_KEYS) <= set(model.config.extra)
+    opts = ClusterOptions().resolve(save_model_and_load(model, tmp_path).config)
+    assert (opts.bandwidth, opts.fg_threshold, opts.min_size) == (
+        cal.bandwidth, cal.fg_threshold, cal.min_size)
+    labels, _ = instances_from_prediction(pred, 2, opts, device="cpu")
+    assert labels.max() < 1.5 * n_gt
+    assert ap50(gt, labels) == pytest.approx(cal.ap)
+    assert Calibration.from_dict(model.config.extra["calibration"]) == cal
+
+
+def save_model_and_load(model, tmp_path):
+    from napari_shift_equivariance.model import load_model
+
+    return load_model(save_model(model, tmp_path / "m.pt", overwrite=True))
+
+
+def test_a_trained_model_is_calibrated_and_segment_uses_it():
+    img, lab = nuclei((112, 64), radius=(3.0, 6.0), seed=4)
+    cfg = TrainConfig(depth=1, base_channels=4, embedding_dim=4, batch_size=2, window=24,
+                      iterations=60, lr=1e-2, device="cpu")
+    result = train([img], [lab], cfg)
+    cal, extra = result.calibration, result.model.config.extra
+    assert cal is not None and cal.data.startswith("the last")
+    assert (extra["bandwidth"], extra["fg_threshold"], extra["min_size"]) == (
+        cal.bandwidth, cal.fg_threshold, cal.min_size)
+    assert cal.ap >= cal.default_ap
+    val_img, val_lab = img[-23:], lab[-23:]  # the held-out crop (20 % of 112 px)
+    res = segment(result.model, val_img, "whole", device="cpu")
+    assert res.info["bandwidth"] == cal.bandwidth
+    assert res.info["fg_threshold"] == cal.fg_threshold
+    assert ap50(val_lab, res.labels) == pytest.approx(cal.ap)
+
+
+def test_fine_tuning_without_calibration_drops_the_start_models_calibration():
+    img, lab = nuclei((48, 48), radius=(3.0, 6.0), seed=1)
+    start = tiny_model()
+    start.config.extra.update({"bandwidth": 9.0, "fg_threshold": 0.9, "min_size": 99,
+                               "calibration": {}})
+    cfg = TrainConfig(depth=1, base_channels=2, embedding_dim=2, batch_size=2, window=12,
+                      iterations=1, device="cpu", calibrate=False, val_every=0)
+    result = train([img], [lab], cfg, init_model=start)
+    assert not set(CALIBRATION_KEYS) & set(result.model.config.extra)
+    assert result.calibration is None
+    assert start.config.extra["bandwidth"] == 9.0  # the caller's model is left alone
+
+
+def test_stop_still_calibrates_the_model_so_far():
+    img, lab = nuclei((64, 48), radius=(3.0, 6.0), seed=1)
+    cfg = TrainConfig(depth=1, base_channels=2, embedding_dim=2, batch_size=2, window=12,
+                      iterations=100, device="cpu")
+    result = train([img], [lab], cfg, cancel=lambda: True)
+    assert result.model.config.extra["cancelled"] is True
+    assert result.calibration is not None and "bandwidth" in result.model.config.extra
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({"bandwidths": [0.0]}, "positive"),
+    ({"fg_thresholds": [1.0]}, "between 0 and 1"),
+    ({"min_sizes": [-1]}, "non-negative"),
+    ({"bandwidths": []}, "empty"),
+    ({"search": "random"}, "search"),
+])
+def test_bad_calibration_grid_is_one_clear_error(scene, kw, match):
+    gt, pred = scene
+    with pytest.raises(NSEError, match=match):
+        calibrate(tiny_model(), [gt], [gt], predictions=[pred], **kw)
+
+
+def test_calibration_needs_instances(scene):
+    gt, pred = scene
+    with pytest.raises(NSEError, match="no instance"):
+        calibrate(tiny_model(), [gt], [np.zeros_like(gt)], predictions=[pred])
+
+
+def test_calibration_time_limit_keeps_the_best_found_so_far(scene):
+    gt, pred = scene
+    model = tiny_model()
+    cal = calibrate(model, [gt], [gt], predictions=[pred], time_limit=0.0)
+    assert not cal.complete
+    assert {(s["bandwidth"], s["fg_threshold"]) for s in cal.scores} == {
+        (round(margin_bandwidth(model.config), 4), 0.5)}  # the default point, tried first
