@@ -44,6 +44,9 @@ def test_open_multiscale_omezarr_with_labels(make_napari_viewer, tmp_path):
     labels = (data > 0.5).astype(np.uint32)
     write_omezarr_labels(path, labels, name="cells", levels=2)
     viewer = make_napari_viewer()
+    from napari.plugins._npe2 import get_readers
+
+    assert PLUGIN in get_readers(str(path))  # offered for File > Open / drag-and-drop
     layers = viewer.open(path, plugin=PLUGIN)
     image, cells = layers
     assert image.multiscale and len(image.data) == 3
@@ -84,9 +87,10 @@ def test_missing_reader_error_reaches_the_user(make_napari_viewer, tmp_path, mon
     assert _reader.get_reader(str(path)) is not None
     viewer = make_napari_viewer()
     with pytest.raises(Exception) as err:
-        viewer.open(path, plugin=PLUGIN)
+        viewer.open(path, plugin=None)  # inferred, as for drag-and-drop: only we claim .czi
     text = repr(err.value) + repr(err.value.__cause__)
-    assert "bioio-czi" in text and "napari-shift-equivariance[formats]" in text
+    assert PLUGIN in text and "bioio-czi" in text
+    assert "napari-shift-equivariance[formats]" in text
 
 
 def test_reader_declines_what_it_does_not_read(tmp_path):
