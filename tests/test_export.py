@@ -253,3 +253,8 @@ def test_cli_export(package2d, tmp_path, capsys):
     assert "refusing to overwrite" in capsys.readouterr().err
     assert _main("export", tmp_path / "missing.pt", "--out", tmp_path / "x.zip") == 2
     assert "does not exist" in capsys.readouterr().err
+    assert _main("export", model_file, "--out", tmp_path / "y.zip", "--license",
+                 "NOT-A-LICENCE") == 2
+    err = capsys.readouterr().err
+    assert "unknown licence 'NOT-A-LICENCE'" in err and "Traceback" not in err
+    assert not (tmp_path / "y.zip").exists()

@@ -292,6 +292,12 @@ def export_bioimageio(
     )
 
     path = Path(path)
+    with _spec_errors():
+        try:
+            license_id = LicenseId(license)
+        except ValueError:
+            raise NSEError(f"unknown licence {license!r}: use an SPDX id such as "
+                           f"BSD-3-Clause, MIT or CC-BY-4.0") from None
     if path.suffix.lower() != ".zip":
         raise NSEError(f"a bioimage.io package is a .zip file, got {path.name}")
     check_output_path(path, overwrite)
@@ -353,7 +359,7 @@ def export_bioimageio(
             weights["torchscript"] = TorchscriptWeightsDescr(
                 source=tmp / "weights_torchscript.pt", pytorch_version=pytorch_version,
                 parent="pytorch_state_dict")
-        with ValidationContext(perform_io_checks=False):
+        with ValidationContext(perform_io_checks=False), _spec_errors():
             descr = ModelDescr(
                 name=name,
                 description=description or (
@@ -363,7 +369,7 @@ def export_bioimageio(
                     f"with output tiles n*{tuple(g.grid)}."),
                 authors=[Author(name=a) for a in authors],
                 cite=[CiteEntry(text=_CITE_TEXT, url=_CITE_URL)],
-                license=LicenseId(license),
+                license=license_id,
                 documentation=FileDescr(source=tmp / "README.md"),
                 tags=["instance-segmentation", "metric-learning", "embeddings",
                       f"{config.ndim}d", "napari-shift-equivariance", "unet"],
@@ -392,6 +398,23 @@ def export_bioimageio(
             save_bioimageio_package(descr, output_path=packed)
             os.replace(packed, part)
     return path
+
+
+@contextlib.contextmanager
+def _spec_errors() -> Iterator[None]:
+    """A description the spec rejects (a bad licence id, name, author) as one clear line."""
+    from pydantic import ValidationError
+
+    try:
+        yield
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        msg = str(first.get("msg", exc)).splitlines()[0]
+        if len(msg) > 160:
+            msg = msg[:160] + "..."
+        raise NSEError(f"bioimage.io rejects the package description: "
+                       f"{where + ': ' if where else ''}{msg}") from None
 
 
 def check_package(path: str | os.PathLike, weight_format: str | None = None,
