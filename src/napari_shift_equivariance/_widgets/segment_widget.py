@@ -41,6 +41,7 @@ from ._common import (
 )
 from ._display import embedding_rgb
 from ._layers import ResultLayers
+from ._long_runs import start_blockwise, start_folder, wants_blockwise
 from ._registry import (
     REGISTRY,
     ModelSource,
@@ -54,6 +55,7 @@ from ._worker import Job, detach_on_close
 RANDOM = ModelSource.random()
 FILE = ModelSource.file()
 STITCH = (*STITCH_MODES, "both")
+BLOCKWISE = ("auto", "always", "never")
 VIEWS = ("naive", "correct", "side by side")
 ON_GRID = "#3ddc84"
 OFF_GRID = "#ff9f1a"
@@ -124,6 +126,29 @@ SETTINGS = (
     setting("context_boxes", CheckBox, False, text="preview: also show context (input) boxes"),
     setting("napari_progress", CheckBox, True, text="progress in napari's activity bar",
             tooltip=_TIP_PROGRESS),
+    # large images: blockwise into a zarr store
+    setting("blockwise", ComboBox, "auto", label="Blockwise", choices=list(BLOCKWISE),
+            tooltip="auto: blockwise for a dask/zarr-backed or multiscale layer, or when the "
+            "prediction would not fit in memory (correct stitching only)"),
+    setting("block", Auto, None, label="Block (px)", spin=SpinBox, min=1, max=1_000_000,
+            shown=2048, tooltip="output block per axis, rounded down to a multiple of the "
+            "tile; auto: 2048 (2D) / 256 (3D)"),
+    setting("store", FileEdit, "", label="Labels store", mode="w", filter="*.zarr",
+            encode=_path_or_none, valid=lambda p: Path(p).parent.is_dir(),
+            tooltip="a .zarr (or .ome.zarr) the labels are written to, block by block; an "
+            "interrupted run resumes into it"),
+    setting("overwrite_store", CheckBox, False, persist=False,
+            text="overwrite the store if it exists"),
+    # a folder of images
+    setting("folder_in", FileEdit, "", label="Image folder", mode="d", encode=_path_or_none,
+            valid=lambda p: Path(p).is_dir()),
+    setting("folder_out", FileEdit, "", label="Output folder", mode="d",
+            encode=_path_or_none, valid=lambda p: Path(p).parent.is_dir(),
+            tooltip="one labels file per image and summary.csv"),
+    setting("folder_suffix", ComboBox, ".tif", label="Output format",
+            choices=[".tif", ".zarr", ".npy"]),
+    setting("overwrite_outputs", CheckBox, False, persist=False,
+            text="redo images whose output exists"),
 )
 
 
@@ -164,6 +189,7 @@ class SegmentWidget(Container):
         self.geometry_info = WrapLabel(label="Geometry")
         self.tile_info = WrapLabel(label="")
         self.cluster_info = WrapLabel(lines=2)
+        self.block_info = WrapLabel(lines=2)
         self.defaults_btn = PushButton(text="Restore defaults",
                                        tooltip="every setting of this dock back to its default")
         self.preview_btn = PushButton(text="Preview tile grid")
@@ -190,8 +216,18 @@ class SegmentWidget(Container):
         self.footer = Container(widgets=[buttons, self.status, self.splits,
                                          Container(widgets=[self.view])], labels=False)
         self.footer.margins = (0, 0, 0, 0)
+        self.blockwise_w = Container(widgets=[
+            self.blockwise, self.block, self.store, self.overwrite_store, self.block_info])
+        self.folder_btn = PushButton(text="Segment folder")
+        self.folder_w = Container(widgets=[
+            self.folder_in, self.folder_out, self.folder_suffix, self.overwrite_outputs,
+            self.folder_btn])
         # raw Qt pieces go in last: magicgui counts only its own widgets when inserting
         self.options_box = collapsible("Clustering and display options", self.options_w)
+        self.blockwise_box = collapsible("Large images: blockwise into zarr", self.blockwise_w)
+        self.folder_box = collapsible("Folder of images", self.folder_w)
+        insert_after(self, self.device, self.folder_box)
+        insert_after(self, self.device, self.blockwise_box)
         insert_after(self, self.device, self.options_box)
         self.native.layout().addWidget(self.footer.native)
         self.native.layout().addStretch(1)  # spare height goes below the form
@@ -204,6 +240,7 @@ class SegmentWidget(Container):
         self.tile.changed.connect(self._on_tile_changed)
         self.preview_btn.changed.connect(self.preview)
         self.segment_btn.changed.connect(self.run)
+        self.folder_btn.changed.connect(self.run_folder)
         self.cancel_btn.changed.connect(self.cancel)
         self.defaults_btn.changed.connect(self.restore_defaults)
         self.view.changed.connect(self._apply_view)
@@ -418,6 +455,8 @@ class SegmentWidget(Container):
             for mode in self._modes():
                 plan_tiles(inp.result_shape[-model.config.ndim:], model.config.geometry,
                            self._tile(), mode)
+            if wants_blockwise(self, layer, inp, model):
+                return self._start(start_blockwise(self, model, layer, inp))
         except NSEError as exc:
             report_error(exc, "segmentation")
             return None
@@ -481,6 +520,24 @@ class SegmentWidget(Container):
         self.job.start()
         return self.job
 
+    def run_folder(self, *_: Any) -> Job | None:
+        """Segment every image of the chosen folder (one labels file each, summary.csv)."""
+        if self.job is not None and self.job.running:
+            notify("a segmentation is already running")
+            return None
+        try:
+            return self._start(start_folder(self, self.current_model()))
+        except NSEError as exc:
+            report_error(exc, "segmenting the folder")
+            return None
+
+    def _start(self, job: Job) -> Job:
+        self.job = job
+        self._set_running(True)
+        self.status.value = "starting…"
+        job.start()
+        return job
+
     def cancel(self, *_: Any) -> None:
         """Ask the running job to stop (between batches of tiles)."""
         if self.job is not None and self.job.running:
@@ -507,6 +564,7 @@ class SegmentWidget(Container):
     def _set_running(self, running: bool) -> None:
         self.segment_btn.enabled = not running
         self.preview_btn.enabled = not running
+        self.folder_btn.enabled = not running
         self.cancel_btn.enabled = running
 
     # -- results -----------------------------------------------------------------------
