@@ -275,3 +275,32 @@ def test_ome_zarr_out_new_store_and_into_an_image(tmp_path, case2d):
     assert not (img / "labels" / "labels" / ".nse-work").exists()
     with pytest.raises(NSEError, match="already has labels"):
         segment_blockwise(model, str(img), img, block=16, tile=8, **kw)
+
+
+def test_cli_goes_blockwise_when_the_memory_budget_is_too_small(tmp_path, case2d, capsys):
+    import json
+
+    from napari_shift_equivariance.cli import main
+
+    model, image, kw, ref = case2d
+    zarr.save_array(str(tmp_path / "img.zarr"), image)
+    save_model(model, tmp_path / "m.pt")
+    flags = ["--model", str(tmp_path / "m.pt"), "--tile", "8", "--device", "cpu", "--quiet",
+             "--fg-threshold", str(kw["fg_threshold"]), "--bandwidth", str(kw["bandwidth"]),
+             "--min-size", "2", "--memory-limit", "10KB"]
+    img = str(tmp_path / "img.zarr")
+    assert main(["segment", img, "--out", str(tmp_path / "l.tif"), *flags]) == 2
+    assert "memory limit" in capsys.readouterr().err
+    assert main(["segment", img, "--out", str(tmp_path / "l.zarr"), *flags, "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["kind"] == "segment" and info["n_blocks"] == 1  # default block: one
+    assert same_partition(zarr.open_array(str(tmp_path / "l.zarr"))[:], ref.labels)
+    assert main(["predict", img, "--out", str(tmp_path / "p.zarr"), "--model",
+                 str(tmp_path / "m.pt"), "--block", "32", "--tile", "8", "--device", "cpu",
+                 "--quiet"]) == 0
+    assert zarr.open_array(str(tmp_path / "p.zarr")).chunks == (4, 32, 32)
+    assert main(["segment", img, "--out", str(tmp_path / "x.zarr"), *flags, "--whole"]) == 2
+    assert "correct tiles" in capsys.readouterr().err
+    assert main(["segment", img, "--out", str(tmp_path / "y.zarr"), *flags[:-2],
+                 "--memory-limit", "lots"]) == 2
+    assert "memory size" in capsys.readouterr().err

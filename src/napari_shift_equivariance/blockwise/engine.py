@@ -453,7 +453,7 @@ def run_blockwise(
         if paths.rename and paths.root != paths.final and Path(paths.root).exists():
             finish_store(paths)
         attrs = dict(paths.open_array("r").attrs) if Path(paths.array).exists() else {}
-        info.update(attrs.get("nse-info", {}), resumed=True)
+        info.update(attrs.get("nse-info", {}), resumed=True, already_complete=True)
         yield BlockEvent("done", 1, 1, path=paths.final,
                          result=BlockwiseResult(Path(paths.final), info))
         return

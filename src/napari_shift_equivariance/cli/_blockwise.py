@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -80,6 +81,8 @@ def run(args: argparse.Namespace, kind: str) -> int:
         kw = {"bandwidth": args.bandwidth, "fg_threshold": args.fg_threshold,
               "min_size": args.min_size}
     client = _client(args)
+    # local workers share the cores; a remote cluster's workers keep their own settings
+    threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None
     model = load_model(args.model)
     try:
         with warnings.catch_warnings(record=True) as caught, StageBars(args.quiet) as bars:
@@ -90,7 +93,7 @@ def run(args: argparse.Namespace, kind: str) -> int:
                     tile=args.tile, client=client, device=args.device,
                     batch_size=args.batch_size, amp=None if args.amp == "none" else args.amp,
                     pad=args.pad, channel_axis=args.channel_axis, resume=args.resume,
-                    overwrite=args.overwrite, **kw):
+                    overwrite=args.overwrite, threads_per_worker=threads, **kw):
                 if ev.result is not None:
                     result = ev.result
                 else:
@@ -107,7 +110,7 @@ def run(args: argparse.Namespace, kind: str) -> int:
     data = {"out": str(out), **info, "warnings": notes}
     where = f"{info['workers']} dask workers" if info["workers"] else "this process"
     what = (f"{info['n_instances']} instances" if kind == "segment" else "prediction")
-    done = "already complete" if info.get("resumed") and not info.get("times") else "wrote"
+    done = "already complete:" if info.get("already_complete") else "wrote"
     emit(args, data, f"{done} {out}: {what}, shape {tuple(info['shape'])}, "
          f"{info['n_blocks']} blocks of {tuple(info['block'])} on {where}")
     return 0
