@@ -450,3 +450,38 @@ def test_validation_split_is_held_out_of_training_automatically():
     np.testing.assert_array_equal(held[1], lab[76:])
     result = train([img], [lab], tiny(iterations=2))
     assert "last 20 px of image 1" in result.calibration.data
+
+
+def test_cli_time_limit_too_short_writes_nothing(files, capsys):
+    args = _args(files, "--out", str(files / "m.pt"), "--time-limit", "0.001",
+                 "--checkpoint-every", "1")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("nse train: error: time limit") and "too short" in err
+    assert err.count("\n") == 1
+    assert not (files / "m.pt").exists() and not (files / "m.pt.checkpoints").exists()
+
+
+def test_cli_reports_the_calibration(files, capsys):
+    assert main(_args(files, "--out", str(files / "m.pt"), "--json")) == 0
+    out = json.loads(capsys.readouterr().out)
+    cal = out["calibration"]
+    assert out["val_ap"] == cal["ap"] and cal["bandwidth"] > 0
+    assert load_model(files / "m.pt").config.extra["bandwidth"] == cal["bandwidth"]
+    assert main(_args(files, "--out", str(files / "n.pt"), "--json", "--no-calibrate")) == 0
+    assert json.loads(capsys.readouterr().out)["calibration"] is None
+    assert "bandwidth" not in load_model(files / "n.pt").config.extra
+
+
+def test_presets_table_and_cli_choices_agree():
+    from napari_shift_equivariance.cli.train import PRESET_NAMES
+    from napari_shift_equivariance.train import PRESETS, preset
+
+    assert tuple(PRESETS) == PRESET_NAMES == ("default", "default3d")
+    for name, ndim in (("default", 2), ("default3d", 3)):
+        images, labels, cfg = preset(name, n_images=1)
+        assert cfg.ndim == ndim and images[0].ndim == ndim == labels[0].ndim
+        assert images[0].shape == labels[0].shape
+        assert cfg == TrainConfig(**PRESETS[name].config)
+    with pytest.raises(NSEError, match="unknown preset"):
+        preset("nope")
