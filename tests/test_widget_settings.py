@@ -254,3 +254,27 @@ def test_train_settings_survive_a_restart(make_napari_viewer, tmp_path, errors):
     assert third.settings.values() == defaults
     assert third.init.value == "scratch" and third.depth.enabled
     assert errors == []
+
+
+@pytest.mark.napari
+def test_a_model_trained_in_the_dock_is_calibrated_and_segment_uses_it(make_napari_viewer,
+                                                                         qtbot):
+    viewer = make_napari_viewer()
+    seg, t = SegmentWidget(viewer), TrainWidget(viewer)
+    viewer.window.add_dock_widget(seg, area="right")
+    viewer.window.add_dock_widget(t, area="right", tabify=True)
+    t.napari_progress.value = False
+    image, labels = periodic_disks((96, 96), radius=5, spacing=15, noise=0.01, seed=0)
+    viewer.add_image(image, name="img")
+    viewer.add_labels(labels, name="gt")
+    t.depth.value, t.base_channels.value, t.embedding_dim.value = 2, 4, 4
+    t.window.value, t.iterations.value, t.batch_size.value = 12, 8, 1
+    t.device.value = "cpu"
+    job = t.start()
+    qtbot.waitUntil(lambda: not job.running, timeout=120_000)
+    extra = t.model.config.extra
+    assert "calibrated" in t.val_info.value, t.val_info.value
+    assert seg.model.value == ModelSource.registry(t.model_name)
+    assert f"bandwidth {extra['bandwidth']:.3g}" in seg.cluster_info.value
+    assert "calibrated on validation" in seg.cluster_info.value
+    assert seg.bandwidth.value is None  # auto: the calibration is what segment() uses
