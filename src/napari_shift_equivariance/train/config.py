@@ -202,7 +202,8 @@ PRESETS: dict[str, Preset] = {
         48,
         {"ndim": 2, "depth": 3, "factor": 2, "base_channels": 12, "embedding_dim": 8,
          "upsampling": "learnt", "window": 100, "batch_size": 2, "iterations": 4000,
-         "lr": 2e-3, "seed": 0, "device": "cpu", "w_fg": 5.0, "p_elastic": 0.2},
+         "lr": 2e-3, "seed": 0, "device": "cpu", "w_fg": 5.0, "p_elastic": 0.2,
+         "delta_d": 3.0},  # the shipped model's margin (before loss.DEFAULT_DELTA_D = 1.5)
     ),
     "default3d": Preset(
         "default3d",
