@@ -163,6 +163,7 @@ def test_existing_outputs_are_skipped_unless_overwrite(folder, tmp_path):
     items = list(run_batch(sources, out, task))
     assert calls == ["im1.tif"]
     assert [i.status for i in items] == ["skipped", "done", "skipped"]
+    assert (items[0].shape, items[0].instances) == ((4, 5), 7)  # from the earlier summary
     rows = _rows(out / "summary.csv")
     assert rows[0]["status"] == "skipped" and rows[0]["instances"] == "7"  # kept from before
     calls.clear()

@@ -157,6 +157,20 @@ def _read_summary(path: Path) -> dict[str, dict[str, str]]:
         return {}
 
 
+def _shape(text: str | None) -> tuple[int, ...] | None:
+    try:
+        return tuple(int(v) for v in text.split("x")) if text else None
+    except ValueError:
+        return None
+
+
+def _int(text: str | None) -> int | None:
+    try:
+        return int(text) if text not in (None, "") else None
+    except ValueError:
+        return None
+
+
 def _write_summary(path: Path, rows: Sequence[dict[str, Any]]) -> None:
     buf = _io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=COLUMNS, lineterminator="\n")
@@ -210,7 +224,7 @@ def run_batch(
     paths = [Path(s) for s in sources]
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
-        raise NSEError(f"--out {out_dir} is a file; batch output goes to a folder")
+        raise NSEError(f"output folder {out_dir} is a file; batch output goes to a folder")
     if not out_dir.parent.exists():
         raise NSEError(f"folder {out_dir.parent} does not exist")
     inside = out_dir.resolve()
@@ -227,10 +241,10 @@ def run_batch(
         if is_cancelled(cancel):
             raise Cancelled(f"batch cancelled after {i} of {total} files")
         if out.exists() and not overwrite:
-            item = BatchItem(src, out, "skipped", i, total)
-            row = item.to_row()
             old = earlier.get(out.name, {})
-            row.update({k: old[k] for k in ("shape", "instances") if old.get(k)})
+            item = BatchItem(src, out, "skipped", i, total, shape=_shape(old.get("shape")),
+                             instances=_int(old.get("instances")))
+            row = item.to_row()
         else:
             t0 = time.perf_counter()
             try:
