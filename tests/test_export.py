@@ -134,6 +134,17 @@ def test_bioimageio_core_test_model_passes_3d(package3d):
     assert status == "passed", failed
 
 
+@pytest.mark.slow
+def test_bundled_default_model_exports_and_passes(tmp_path):
+    from napari_shift_equivariance.model import default_model_path
+
+    if not default_model_path(2).exists():
+        pytest.skip("no bundled default 2D model in this installation")
+    path = ex.export_bioimageio("default", tmp_path / "default.zip")
+    status, failed = ex.check_package(path)
+    assert status == "passed", failed
+
+
 @pytest.mark.parametrize("which", ["package2d", "package3d"])
 def test_prediction_equals_nse_predict(which, request, tmp_path, capsys):
     """bioimageio.core on the test input == `nse predict` (correct tiles) on the image."""
