@@ -36,7 +36,7 @@ VALIDATIONS_PER_RUN = 8
 #: ratio of neighbouring bandwidths tried by the validation during training
 VAL_STEP = 1.4
 #: safety factor on the measured cost of the final calibration under a time limit
-RESERVE_FACTOR = 1.5
+RESERVE_FACTOR = 1.2
 #: a time limit must leave at least half of it for training after the setup and the reserve
 MIN_TRAINING_SHARE = 0.5
 
