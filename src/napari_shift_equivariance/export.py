@@ -24,6 +24,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import shutil
 import tempfile
 import textwrap
 import warnings
@@ -267,27 +268,14 @@ def export_bioimageio(
     _require_bioimageio()
     from bioimageio.spec import ValidationContext, save_bioimageio_package
     from bioimageio.spec.model.v0_5 import (
-        ArchitectureFromLibraryDescr,
         Author,
-        AxisId,
-        BatchAxis,
-        ChannelAxis,
         CiteEntry,
-        Doi,  # noqa: F401 - keeps the import list honest about what the spec offers
         FileDescr,
-        Identifier,
         InputTensorDescr,
         LicenseId,
         ModelDescr,
         OutputTensorDescr,
-        ParameterizedSize,
-        PytorchStateDictWeightsDescr,
-        SizeReference,
-        SpaceInputAxis,
-        SpaceOutputAxis,
         TensorId,
-        TorchscriptWeightsDescr,
-        Version,
         WeightsDescr,
     )
 
@@ -324,41 +312,10 @@ def export_bioimageio(
         _write_tif(tmp / "sample_input.tif", test_in[0, 0] if config.in_channels == 1
                    else test_in[0])
         _write_tif(tmp / "sample_output.tif", test_out[0])
-        state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
-        torch.save(state, tmp / "weights.pt")
         (tmp / "README.md").write_text(_readme(config, name), encoding="utf-8")
 
-        in_axes = [
-            BatchAxis(),
-            ChannelAxis(channel_names=[Identifier(f"channel{i}")
-                                       for i in range(config.in_channels)]),
-            *[SpaceInputAxis(id=AxisId(a), size=ParameterizedSize(min=int(m), step=int(s)))
-              for a, m, s in zip(spatial, g.min_input, g.grid)],
-        ]
-        out_axes = [
-            BatchAxis(),
-            ChannelAxis(channel_names=[
-                *(Identifier(f"embedding{i}") for i in range(config.embedding_dim)),
-                Identifier("foreground")]),
-            *[SpaceOutputAxis(id=AxisId(a), size=SizeReference(
-                tensor_id=in_id, axis_id=AxisId(a), offset=-int(c)))
-              for a, c in zip(spatial, g.context)],
-        ]
-        pytorch_version = Version(torch.__version__.split("+")[0])
-        weights = {"pytorch_state_dict": PytorchStateDictWeightsDescr(
-            source=tmp / "weights.pt",
-            architecture=ArchitectureFromLibraryDescr(
-                callable=Identifier("BioimageioUNet"),
-                import_from="napari_shift_equivariance.export",
-                kwargs={k: v for k, v in config.to_dict().items() if k in _ARCH_FIELDS},
-            ),
-            pytorch_version=pytorch_version,
-        )}
-        if torchscript:
-            _trace(net, test_in, tmp / "weights_torchscript.pt")
-            weights["torchscript"] = TorchscriptWeightsDescr(
-                source=tmp / "weights_torchscript.pt", pytorch_version=pytorch_version,
-                parent="pytorch_state_dict")
+        in_axes, out_axes = _axes(config, in_id)
+        weights = _weights(net, config, tmp, test_in if torchscript else None)
         with ValidationContext(perform_io_checks=False), _spec_errors():
             descr = ModelDescr(
                 name=name,
@@ -396,8 +353,74 @@ def export_bioimageio(
             # temporary folder, then move it onto the .partial that atomic_path renames
             packed = tmp / "package.zip"
             save_bioimageio_package(descr, output_path=packed)
-            os.replace(packed, part)
+            shutil.move(packed, part)  # a copy when the temporary folder is elsewhere
     return path
+
+
+def _axes(config: ModelConfig, in_id: Any) -> tuple[list[Any], list[Any]]:
+    """Input axes with valid sizes ``min_input + n·f^l``; output axes ``input - context``."""
+    from bioimageio.spec.model.v0_5 import (
+        AxisId,
+        BatchAxis,
+        ChannelAxis,
+        Identifier,
+        ParameterizedSize,
+        SizeReference,
+        SpaceInputAxis,
+        SpaceOutputAxis,
+    )
+
+    g = config.geometry
+    spatial = SPATIAL_AXES[config.ndim]
+    in_axes = [
+        BatchAxis(),
+        ChannelAxis(channel_names=[Identifier(f"channel{i}")
+                                   for i in range(config.in_channels)]),
+        *[SpaceInputAxis(id=AxisId(a), size=ParameterizedSize(min=int(m), step=int(s)))
+          for a, m, s in zip(spatial, g.min_input, g.grid)],
+    ]
+    out_axes = [
+        BatchAxis(),
+        ChannelAxis(channel_names=[
+            *(Identifier(f"embedding{i}") for i in range(config.embedding_dim)),
+            Identifier("foreground")]),
+        # the valid convolutions remove the halo themselves: the output is smaller
+        *[SpaceOutputAxis(id=AxisId(a), size=SizeReference(
+            tensor_id=in_id, axis_id=AxisId(a), offset=-int(c)))
+          for a, c in zip(spatial, g.context)],
+    ]
+    return in_axes, out_axes
+
+
+def _weights(net: BioimageioUNet, config: ModelConfig, folder: Path,
+             trace_input: np.ndarray | None) -> dict[str, Any]:
+    """State-dict weights (plain tensors) and, given an input to trace, TorchScript."""
+    from bioimageio.spec.model.v0_5 import (
+        ArchitectureFromLibraryDescr,
+        Identifier,
+        PytorchStateDictWeightsDescr,
+        TorchscriptWeightsDescr,
+        Version,
+    )
+
+    state = {k: v.detach().cpu().contiguous() for k, v in net.state_dict().items()}
+    torch.save(state, folder / "weights.pt")
+    version = Version(torch.__version__.split("+")[0])
+    weights = {"pytorch_state_dict": PytorchStateDictWeightsDescr(
+        source=folder / "weights.pt",
+        architecture=ArchitectureFromLibraryDescr(
+            callable=Identifier("BioimageioUNet"),
+            import_from="napari_shift_equivariance.export",
+            kwargs={k: v for k, v in config.to_dict().items() if k in _ARCH_FIELDS},
+        ),
+        pytorch_version=version,
+    )}
+    if trace_input is not None:
+        _trace(net, trace_input, folder / "weights_torchscript.pt")
+        weights["torchscript"] = TorchscriptWeightsDescr(
+            source=folder / "weights_torchscript.pt", pytorch_version=version,
+            parent="pytorch_state_dict")
+    return weights
 
 
 @contextlib.contextmanager
