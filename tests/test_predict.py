@@ -283,3 +283,16 @@ def test_cuda_default_tile_is_large():
     model = _model(2, 4, 2)
     pred = Predictor(model, "cuda")
     assert pred.plan((4096, 4096)).tile_shape == (2048, 2048)
+
+
+def test_segment_reports_an_out_of_memory_retry():
+    from napari_shift_equivariance.segment import segment
+
+    img = _image((40, 44))
+    model = _model(2, 2, 2)
+    reference = segment(model, img, "correct", 16, device="cpu", min_size=0)
+    fits = Predictor(model, "cpu").plan(img.shape, "correct", 8).net_input[-1]
+    _oom_when(model, lambda x: x.shape[-1] > fits)
+    result = segment(model, img, "correct", 16, device="cpu", min_size=0)
+    assert any("retrying with correct tiles (8, 8)" in n for n in result.info["notes"])
+    np.testing.assert_array_equal(result.labels, reference.labels)

@@ -132,6 +132,7 @@ class Predictor:
         self.batch_size = batch_size
         self.pad = pad
         self.info: dict[str, Any] = {}  # what the last run did (tile, batch, out-of-memory notes)
+        self.last_plan: TilePlan | None = None  # the plan the last run ended with
         self._batch = 1
 
     def _read(self, image: Any, tiles: Sequence[Tile], layout: AxisLayout, lead: tuple[int, ...],
@@ -184,7 +185,7 @@ class Predictor:
         A device out-of-memory error halves the batch and retries; at one tile per batch it
         halves the tile (correct stitching, whose result does not depend on the tile) or
         turns a whole-image pass into correct tiles (equal by Cor. 4). What was done is in
-        :attr:`info` (``notes``) and logged as a warning.
+        :attr:`info` (``notes``) and logged as a warning; :attr:`last_plan` is the plan used.
         """
         check_image(image)
         cfg = self.config
@@ -209,6 +210,7 @@ class Predictor:
         self._batch = min(self.batch_size or auto_batch_size(plan), len(planes) * len(plan))
         while True:
             self.info.update(tile=list(plan.tile_shape), n_tiles=len(plan))
+            self.last_plan = plan
             try:
                 self._run_plan(image, plan, layout, planes, norm, out, progress, cancel)
                 break

@@ -235,11 +235,14 @@ def segment(
     prediction = predictor.run(image, mode, tile, channel_axis=channel_axis,
                                progress=_stage(progress, "predict"), cancel=cancel)
     t1 = time.perf_counter()
+    plan = predictor.last_plan or plan  # an out-of-memory retry may have used smaller tiles
     result = segment_prediction(prediction, plan, config, cluster=opts,
                                 device=str(predictor.device),
                                 progress=_stage(progress, "cluster"), cancel=cancel)
     result.info["times"]["predict"] = t1 - t0
     result.info["times"]["total"] += t1 - t0
+    if predictor.info.get("notes"):
+        result.info["notes"] = [*result.info.get("notes", []), *predictor.info["notes"]]
     return result
 
 
