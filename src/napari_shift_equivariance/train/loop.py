@@ -320,14 +320,15 @@ def train(
     if cal_data is not None:
         validator = Validator(*cal_data, config.ignore_index, device)
     n_cal = _calibration_clusterings(model.config, cal_data)
+    # built before the time check: the first optimizer imports much of torch (seconds)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
+                                 weight_decay=config.weight_decay)
     if config.time_limit is not None:
         _check_time_limit(config, clock, validator, n_cal, model)
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
 
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
-                                 weight_decay=config.weight_decay)
     rng = np.random.default_rng(config.seed)
     history: list[dict] = []
     start = 0
