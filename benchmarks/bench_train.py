@@ -1,9 +1,10 @@
 """Training throughput, and a useful nuclei model from one annotated 256 x 256 image.
 
     python benchmarks/bench_train.py [--json] [--threads N] [--budget SECONDS] [--quick]
+                                     [--device cpu,cuda] [--throughput-only]
 
 1. Throughput (iterations/s, crops/s, labelled output pixels/s) of a few 2D configurations on
-   the CPU, and on CUDA when a GPU is present.
+   each ``--device`` (default: the CPU, and CUDA when a GPU is present).
 2. The 5-minute goal: train from scratch on ONE generated 256 x 256 nuclei image for
    ``--budget`` seconds (constant learning rate, stopped by a time-based cancel), then
    AP@0.5 on held-out images (other seeds); the same budget fine-tuning the bundled default
@@ -35,13 +36,18 @@ CONFIGS = {
 }
 
 
-def throughput(device: str, iterations: int, image, labels) -> dict:
+def throughput(device: str, iterations: int, image, labels, configs: int | None = None) -> dict:
     out = {}
-    for name, (base, window, batch) in CONFIGS.items():
+    for name, (base, window, batch) in list(CONFIGS.items())[:configs]:
         cfg = TrainConfig(depth=3, base_channels=base, window=window, batch_size=batch,
-                          iterations=3 + iterations, device=device)
+                          iterations=3 + iterations, device=device, calibrate=False)
         times: list[float] = []
-        train([image], [labels], cfg, progress=lambda _e, t=times: t.append(time.perf_counter()))
+
+        def tick(entry, t=times):
+            if entry.get("stage", "train") == "train":  # one per iteration, not "done" etc.
+                t.append(time.perf_counter())
+
+        train([image], [labels], cfg, progress=tick)
         # the first 3 iterations warm up; the median step resists a busy machine's hiccups
         its = 1.0 / float(np.median(np.diff(times[2:])))
         out[name] = {"iterations_per_s": its, "crops_per_s": its * batch,
@@ -82,6 +88,13 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--budget", type=float, default=300.0, help="seconds for the one-image goal")
     p.add_argument("--quick", action="store_true", help="fewer iterations, 30 s budget")
+    p.add_argument("--device", default=None,
+                   help="comma list of devices for the throughput (default: cpu, and cuda if "
+                   "present)")
+    p.add_argument("--configs", type=int, default=None,
+                   help="only the first N throughput configurations")
+    p.add_argument("--throughput-only", action="store_true",
+                   help="skip the one-image training goal (CPU, --budget seconds)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,9 +108,17 @@ def main() -> int:
                           "load_average": os.getloadavg()}}
     image, labels = nuclei((256, 256), seed=7)
     print("training throughput:", flush=True)
-    report["throughput"] = {"cpu": throughput("cpu", iterations, image, labels)}
-    if torch.cuda.is_available():
-        report["throughput"]["cuda"] = throughput("cuda", iterations * 5, image, labels)
+    devices = (args.device.split(",") if args.device
+               else ["cpu", "cuda"] if torch.cuda.is_available() else ["cpu"])
+    report["throughput"] = {
+        d: throughput(d, iterations * (5 if d.startswith("cuda") else 1), image, labels,
+                      args.configs)
+        for d in (d.strip() for d in devices) if d
+    }
+    if args.throughput_only:
+        if args.json:
+            print(json.dumps(report))
+        return 0
     print(f"one annotated 256 x 256 image, {budget:.0f} s budget (CPU):", flush=True)
     heldout = [nuclei((256, 256), seed=100 + k) for k in range(3)]
     report["one_image"] = {"budget_s": budget,

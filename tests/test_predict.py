@@ -164,9 +164,29 @@ def test_axis_layout():
         axis_layout((5, 30, 40), 2, in_channels=2)
 
 
+@pytest.fixture
+def strict_fp32():
+    """No TF32 (torch's default for cuDNN convolutions on recent GPUs rounds to ~1e-3)."""
+    saved = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = saved
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
-def test_cuda_matches_cpu():
+@pytest.mark.parametrize("ndim, depth, factor, up, shape, tiles", [CASES[2], CASES[6]])
+def test_cuda_correct_equals_whole(strict_fp32, ndim, depth, factor, up, shape, tiles):
+    model = _model(ndim, depth, factor, up)
+    img = _image(shape)
+    whole = predict(model, img, "whole", device="cuda")
+    for tile in tiles:
+        assert _rel(predict(model, img, "correct", tile, device="cuda"), whole) <= 1e-5
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+def test_cuda_matches_cpu(strict_fp32):
     model = _model(2, 3, 2)
     img = _image((77, 91))
     cpu = predict(model, img, "correct", 16, device="cpu")

@@ -102,8 +102,10 @@ class _TileOutOfMemory(Exception):
 
 def is_out_of_memory(err: BaseException) -> bool:
     """Whether ``err`` is a device out-of-memory error (CUDA, MPS, or a CPU allocator)."""
+    text = str(err).lower()
     return isinstance(err, torch.cuda.OutOfMemoryError) or (
-        isinstance(err, RuntimeError) and "out of memory" in str(err).lower())
+        isinstance(err, RuntimeError)
+        and any(m in text for m in ("out of memory", "status_alloc_failed")))
 
 
 def _free(device: torch.device) -> None:
