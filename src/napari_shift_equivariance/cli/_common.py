@@ -9,6 +9,7 @@ import time
 from typing import Any
 
 from ..errors import NSEError
+from ..options import AMPS, PADS
 
 
 # -- argument types -------------------------------------------------------------------------
@@ -108,11 +109,11 @@ def add_tiling(p: argparse.ArgumentParser, whole: bool = True) -> None:
     p.add_argument("--tile", type=int_list, help="output tile size: N or a comma list per axis")
     p.add_argument("--stitch", choices=["correct", "naive"], default="correct",
                    help="correct: n*f^l tiles on the global f^l grid (default); naive: as asked")
-    p.add_argument("--pad", default="reflect", choices=["reflect", "symmetric", "edge", "zero"],
+    p.add_argument("--pad", default="reflect", choices=PADS,
                    help="how the image is padded at its borders (default reflect)")
     p.add_argument("--batch-size", type=int, default=None,
                    help="tiles per forward pass (default: auto, from the tile size)")
-    p.add_argument("--amp", choices=["none", "bf16", "fp16"], default="none",
+    p.add_argument("--amp", choices=AMPS, default="none",
                    help="mixed precision on CUDA")
     p.add_argument("--channel-axis", type=int, default=None, help="channel axis of the image")
 
