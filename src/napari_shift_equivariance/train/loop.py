@@ -39,6 +39,9 @@ VAL_STEP = 1.4
 RESERVE_FACTOR = 1.2
 #: a time limit must leave at least half of it for training after the setup and the reserve
 MIN_TRAINING_SHARE = 0.5
+#: the reserve never exceeds this share of the limit: one slow measurement on a busy machine
+#: must not end training early, and the final calibration keeps its own deadline anyway
+MAX_RESERVE_SHARE = 0.25
 
 
 # -- checkpoints --------------------------------------------------------------------------
@@ -387,7 +390,8 @@ def train(
                     best = (cal.ap, it + 1, {k: v.detach().cpu().clone()
                                              for k, v in model.state_dict().items()})
             if config.time_limit is not None and validator is not None:
-                clock.reserve = RESERVE_FACTOR * validator.calibration_cost(n_cal)
+                clock.reserve = min(RESERVE_FACTOR * validator.calibration_cost(n_cal),
+                                    MAX_RESERVE_SHARE * config.time_limit)
             history.append(entry)
             if progress is not None:
                 progress(entry)
@@ -470,14 +474,15 @@ def _check_time_limit(config: TrainConfig, clock: Clock, validator: Validator | 
     if validator is None:
         return
     validator.measure(model)
-    clock.reserve = RESERVE_FACTOR * validator.calibration_cost(n_cal)
-    need = clock.elapsed() + clock.reserve + validator.seconds_predict
+    full = RESERVE_FACTOR * validator.calibration_cost(n_cal)
+    clock.reserve = min(full, MAX_RESERVE_SHARE * config.time_limit)
+    need = clock.elapsed() + full + validator.seconds_predict
     if need >= MIN_TRAINING_SHARE * config.time_limit:
         raise NSEError(
             f"time limit {config.time_limit:g} s is too short: loading the data took "
             f"{clock.elapsed():.1f} s and one validation prediction "
             f"{validator.seconds_predict:.2g} s here, and validating and calibrating at the end "
-            f"needs about {clock.reserve:.2g} s; give at least "
+            f"needs about {full:.2g} s; give at least "
             f"{math.ceil(need / MIN_TRAINING_SHARE)} s")
 
 
