@@ -127,3 +127,24 @@ def test_module_entry_point():
                           "3", "--depth", "2", "--factor", "1,2,2", "--json"],
                          capture_output=True, text=True, check=True)
     assert json.loads(res.stdout)["grid"] == [1, 4, 4]
+
+
+def test_segment_carries_the_pixel_size_into_ome_zarr_labels(tmp_path):
+    import tifffile
+
+    from napari_shift_equivariance import data
+    from napari_shift_equivariance.omezarr import read_omezarr
+
+    image, _ = data.nuclei((64, 72), seed=1)
+    src = tmp_path / "a.ome.tif"
+    tifffile.imwrite(src, (image * 1000).astype("uint16"), ome=True,
+                     metadata={"axes": "YX", "PhysicalSizeX": 0.5, "PhysicalSizeY": 0.25})
+    out = tmp_path / "labels.ome.zarr"
+    assert main(["segment", str(src), "--out", str(out), "--device", "cpu", "--quiet"]) == 0
+    labels, meta = read_omezarr(out)
+    assert labels.shape == (64, 72)
+    assert meta["scale"] == [0.25, 0.5]
+    # a level that an OME-TIFF does not have is refused in one line, nothing written
+    bad = tmp_path / "bad.ome.zarr"
+    assert main(["segment", str(src), "--out", str(bad), "--level", "3", "--device", "cpu"]) == 2
+    assert not bad.exists()

@@ -12,7 +12,16 @@ from ..errors import NSEError
 from ..options import STITCH_MODES
 from ._batch import add_batch, batch_predict
 from ._blockwise import add_blockwise, maybe_run
-from ._common import Progress, add_common, add_tiling, emit, int_list, resolve_mode
+from ._common import (
+    Progress,
+    add_common,
+    add_image_options,
+    add_tiling,
+    emit,
+    image_options,
+    int_list,
+    resolve_mode,
+)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -55,6 +64,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     add_batch(p, ".zarr")
     add_tiling(p)
+    add_image_options(p)
     add_blockwise(p)
     add_common(p, device=True, json_flag=True)
     p.set_defaults(func=cmd_predict)
@@ -112,7 +122,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
     from ..predict import axis_layout
     from ..tiling import plan_tiles
 
-    image = read_image(args.image)
+    image = read_image(args.image, **image_options(args))
     config = load_model(args.model).config
     layout = axis_layout(image.shape, config.ndim, config.in_channels, args.channel_axis)
     plan = plan_tiles(layout.spatial_shape(image.shape), config.geometry, args.tile, args.stitch,
@@ -145,7 +155,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     if out_path.suffix.lower() not in (".npy", ".tif", ".tiff", ".zarr"):
         raise NSEError(f"--out must end in .npy, .tif, .tiff or .zarr, got {out_path.name}")
     check_output_path(out_path, args.overwrite)
-    image = read_image(args.image)
+    image = read_image(args.image, **image_options(args))
     mode, tile = resolve_mode(args)
     predictor = Predictor(load_model(args.model), args.device, args.amp, args.batch_size,
                           args.pad)

@@ -13,7 +13,16 @@ from ..errors import NSEError
 from ..options import BACKENDS, PADS, SCOPES
 from ._batch import add_batch, batch_segment
 from ._blockwise import add_blockwise, maybe_run
-from ._common import Progress, add_common, add_tiling, emit, int_list, resolve_mode
+from ._common import (
+    Progress,
+    add_common,
+    add_image_options,
+    add_tiling,
+    emit,
+    image_options,
+    int_list,
+    resolve_mode,
+)
 
 
 def add_clustering(p: argparse.ArgumentParser) -> None:
@@ -39,6 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--overwrite", action="store_true")
     add_batch(p, ".tif")
     add_tiling(p)
+    add_image_options(p)
     add_clustering(p)
     add_blockwise(p)
     add_common(p, device=True, json_flag=True)
@@ -52,6 +62,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", help="folder for labels, split map, summary.json and compare.png")
     p.add_argument("--overwrite", action="store_true")
     _add_predict_options(p)
+    add_image_options(p)
     add_clustering(p)
     add_common(p, device=True, json_flag=True)
     p.set_defaults(func=cmd_compare)
@@ -65,6 +76,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="folder for sweep.csv, sweep.json, sweep.png")
     p.add_argument("--overwrite", action="store_true")
     _add_predict_options(p)
+    add_image_options(p)
     add_clustering(p)
     add_common(p, device=True, json_flag=True)
     p.set_defaults(func=cmd_sweep)
@@ -119,6 +131,7 @@ def _warn_to_stderr(caught: list[warnings.WarningMessage], command: str) -> list
 
 
 def cmd_segment(args: argparse.Namespace) -> int:
+    from ..formats import image_metadata
     from ..io import check_output_path, read_image, write_labels
     from ..model import load_model
     from ..segment import segment
@@ -133,7 +146,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
     if _same_file(out, args.image):
         raise NSEError("--out is the input image; choose another file")
     check_output_path(out, args.overwrite)
-    image = read_image(args.image)
+    image = read_image(args.image, **image_options(args))
     mode, tile = resolve_mode(args)
     model = load_model(args.model)
     with warnings.catch_warnings(record=True) as caught, StageBars(args.quiet) as bars:
@@ -141,7 +154,9 @@ def cmd_segment(args: argparse.Namespace) -> int:
         result = segment(model, image, mode, tile, amp=args.amp, progress=bars,
                          **_seg_kwargs(args))
     notes = _warn_to_stderr(caught, "segment")
-    write_labels(out, result.labels, overwrite=args.overwrite)
+    # the physical pixel size goes with the labels (OME-TIFF / OME-Zarr outputs)
+    meta = image_metadata(args.image, **image_options(args))
+    write_labels(out, result.labels, overwrite=args.overwrite, metadata=meta)
     info = result.info
     data = {"out": str(out), "shape": list(result.labels.shape), **info, "warnings": notes}
     t = info["times"]
@@ -171,7 +186,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if args.out is not None:
         check_output_dir(args.out, args.overwrite)
-    image = read_image(args.image, lazy=False)
+    image = read_image(args.image, lazy=False, **image_options(args))
     gt = _read_gt(args.gt)
     model = load_model(args.model)
     with warnings.catch_warnings(record=True) as caught, StageBars(args.quiet) as bars:
@@ -198,7 +213,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     except ValueError:
         raise NSEError(f"--tiles must be a comma list of integers, got {args.tiles!r}") from None
     check_output_dir(args.out, args.overwrite)
-    image = read_image(args.image, lazy=False)
+    image = read_image(args.image, lazy=False, **image_options(args))
     gt = _read_gt(args.gt)
     model = load_model(args.model)
     with warnings.catch_warnings(record=True) as caught, StageBars(args.quiet) as bars:
