@@ -441,6 +441,9 @@ def test_fewer_than_two_instances_is_an_error(pair):
     lab[10:16, 10:16] = 3
     with pytest.raises(NSEError, match="only one instance"):
         train([pair[0]], [lab], tiny())
+    # one nucleus seen in two planes of a z-stack is still one instance
+    with pytest.raises(NSEError, match="only one instance"):
+        train([np.stack([pair[0]] * 2)], [np.stack([lab] * 2)], tiny())
 
 
 def test_validation_split_is_held_out_of_training_automatically():

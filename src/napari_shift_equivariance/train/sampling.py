@@ -179,14 +179,13 @@ def prepare_data(images: Sequence[Any], labels: Sequence[Any], ndim: int,
     for i, (img, lab) in enumerate(zip(images, labels), start=1):
         img, lab = check_pair(img, lab, i, ndim, ignore_index)
         _warn_split_instances(lab, i, ndim, ignore_index, notes)
+        n_instances += len(instance_ids(lab, ignore_index))  # an ID across planes: one
         offset, scale = normalize.normalization_params(img, normalization)
         planes = [()] if img.ndim == ndim else [(z,) for z in range(img.shape[0])]
         for p in planes:
-            n = len(instance_ids(lab[p], ignore_index))
-            if not n:
+            if not has_instance(lab[p], ignore_index):
                 skipped += 1
                 continue
-            n_instances += n
             name = f"image {i}" + (f", plane {p[0]}" if p else "")
             arrays.append(TrainArray(normalize.apply(img[p], offset, scale),
                                      lab[p].astype(np.int64), name))
