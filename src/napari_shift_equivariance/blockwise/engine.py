@@ -45,7 +45,7 @@ from ..options import ClusterOptions
 from ..predict import AxisLayout, Predictor, auto_batch_size, axis_layout
 from .merge import merge_placeholders
 from .plan import Block, BlockPlan, plan_blocks
-from .store import StorePaths, finish_store, open_store, os_error
+from .store import StorePaths, finish_store, is_omezarr_target, open_store, os_error
 
 KINDS = ("segment", "predict")
 STAGES = {"segment": ("predict", "merge", "cluster", "write"), "predict": ("predict",)}
@@ -56,7 +56,8 @@ class BlockEvent:
     """Progress of a blockwise run: ``done`` of ``total`` tasks of ``stage`` (one of
     ``predict``, ``merge``, ``cluster``, ``write``, then ``done``). ``block`` is the block
     just finished (``None`` for stage-level events); ``path`` the store being written (open
-    it to show blocks as they land); the last event (``stage == "done"``) has ``result``."""
+    it to show blocks as they land: ``array`` is the zarr array the labels or prediction go
+    to); the last event (``stage == "done"``) has ``result``."""
 
     stage: str
     done: int
@@ -64,6 +65,7 @@ class BlockEvent:
     block: Block | None = None
     path: str = ""
     result: BlockwiseResult | None = None
+    array: str = ""
 
 
 @dataclass
@@ -409,6 +411,8 @@ def run_blockwise(
     """
     if kind not in KINDS:
         raise NSEError(f"kind must be one of {', '.join(KINDS)}, got {kind!r}")
+    if kind == "predict" and is_omezarr_target(Path(out)):
+        raise NSEError("a prediction goes to a plain .zarr, not an OME-Zarr (labels only)")
     t_start = time.perf_counter()
     if not isinstance(model, UNet):
         model = load_model(model)
@@ -492,11 +496,11 @@ def _run_stage(job: Job, executor: Any, stage: str, fn: Callable, calls: list[tu
     """Run the calls whose marker is missing; events count the finished ones too."""
     todo = [c for c in calls if not job.store.done(stage, c[1])]
     done = total - len(todo)
-    yield BlockEvent(stage, done, total, path=job.store.root)
+    yield BlockEvent(stage, done, total, path=job.store.root, array=job.store.array)
     for index in executor.run(fn, todo, cancel):
         done += 1
         yield BlockEvent(stage, done, total, job.plan[index] if blocks else None,
-                         job.store.root)
+                         job.store.root, array=job.store.array)
 
 
 def _stages(job: Job, executor: Any, cancel: Any, info: dict) -> Iterator[BlockEvent]:
