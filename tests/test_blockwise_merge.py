@@ -68,3 +68,14 @@ def test_blockwise_components_equal_whole_image_components(tmp_path, ndim, shape
     pairs = np.unique(np.c_[labels.ravel(), ref.ravel()], axis=0)
     assert np.array_equal(labels > 0, ref > 0)
     assert len(pairs) == len(np.unique(labels)) == len(np.unique(ref))
+
+
+def test_write_failures_read_as_one_line():
+    import errno
+
+    from napari_shift_equivariance.blockwise.store import os_error
+
+    assert str(os_error(OSError(errno.ENOSPC, "No space left"), "o.zarr")) == \
+        "out of disk space writing o.zarr"
+    assert "read-only" in str(os_error(OSError(errno.EROFS, "Read-only"), "o.zarr"))
+    assert "permission" in str(os_error(PermissionError(errno.EACCES, "denied"), "o.zarr"))
