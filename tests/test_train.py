@@ -490,3 +490,25 @@ def test_presets_table_and_cli_choices_agree():
         assert cfg == TrainConfig(**PRESETS[name].config)
     with pytest.raises(NSEError, match="unknown preset"):
         preset("nope")
+
+
+def test_keep_best_returns_the_weights_of_the_best_validation(pair, monkeypatch):
+    from napari_shift_equivariance.train import Calibration, loop
+
+    aps = iter([0.1, 0.9, 0.2])
+
+    def fake_validation(self, model):
+        return Calibration(bandwidth=1.0, fg_threshold=0.5, min_size=10, ap=next(aps),
+                           default_ap=0.0)
+
+    monkeypatch.setattr(loop.Validator, "__call__", fake_validation)
+    img, lab = nuclei((96, 64), radius=(3.0, 6.0), seed=4)
+    cfg = tiny(iterations=3, val_every=1, keep_best=True, lr_schedule="constant",
+               calibrate=False)
+    val = ([img[-20:]], [lab[-20:]])
+    best = train([img[:-20]], [lab[:-20]], cfg, validation=val)
+    assert [e["val_ap"] for e in best.history] == [0.1, 0.9, 0.2]
+    assert any("kept the weights of iteration 2" in n for n in best.notes)
+    two = train([img[:-20]], [lab[:-20]], cfg.replace(iterations=2, val_every=0,
+                                                      keep_best=False))
+    assert_same_weights(weights(best.model), weights(two.model))
