@@ -89,7 +89,8 @@ def stack_image(planes: int = 3, size: int = 64) -> np.ndarray:
 
 
 class Recorder(_common.NullProgress):
-    """Stands in for the progress bar; logs (stage, done, total, labels layer present)."""
+    """Stands in for the progress bar; logs (stage, done, total, labels layer present, and
+    showing the per-block labels before the merge)."""
 
     def __init__(self, viewer) -> None:
         self.viewer, self.desc, self.log = viewer, "", []
@@ -100,7 +101,10 @@ class Recorder(_common.NullProgress):
     def update(self, n: int = 1) -> None:
         super().update(n)
         names = [ly.name for ly in self.viewer.layers]
-        self.log.append((self.desc, self.n, self.total, "stack labels [blockwise]" in names))
+        there = "stack labels [blockwise]" in names
+        provisional = there and self.viewer.layers["stack labels [blockwise]"].metadata[
+            "napari_shift_equivariance"]["provisional"]
+        self.log.append((self.desc, self.n, self.total, there, provisional))
 
 
 def test_large_layer_is_segmented_blockwise_into_a_lazy_layer(make_napari_viewer, qtbot,
@@ -129,9 +133,11 @@ def test_large_layer_is_segmented_blockwise_into_a_lazy_layer(make_napari_viewer
     assert labels.max() > 0 and same_partition(labels, api.labels)
     assert w.last_result.n_instances == api.n_instances
     # progress per block: 3 planes × 2×2 blocks of 32 px
-    assert ("blockwise: predict + label", 12, 12, True) in bar.log
-    writing = [there for desc, _, total, there in bar.log if desc == "blockwise: write labels"]
-    assert writing and all(writing)  # the lazy layer was there while blocks were written
+    # the lazy layer shows each block's labels as it is predicted, the final ones once written
+    assert ("blockwise: predict + label", 12, 12, True, True) in bar.log
+    writing = [(there, prov) for desc, _, _, there, prov in bar.log
+               if desc == "blockwise: write labels"]
+    assert writing and all(there and not prov for there, prov in writing)
     assert w.status.value.startswith(f"blockwise: {api.n_instances} objects")
     # the viewer read one plane at a time, never the whole stack
     ui_reads = [n for ui, n in lazy.log if ui]

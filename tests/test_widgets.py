@@ -15,7 +15,7 @@ import pytest
 from napari.layers import Image, Labels, Shapes
 
 from napari_shift_equivariance import _sample_data as samples
-from napari_shift_equivariance._widgets import SegmentWidget, TrainWidget, _common
+from napari_shift_equivariance._widgets import ScrollDock, SegmentWidget, TrainWidget, _common
 from napari_shift_equivariance._widgets._registry import REGISTRY, ModelSource
 from napari_shift_equivariance._widgets.segment_widget import (
     FILE,
@@ -89,7 +89,8 @@ def open_viewer(make_napari_viewer, widget_cls=SegmentWidget, size=(1400, 900)):
     # napari's busy animation repaints the canvas with software OpenGL (Xvfb) and slows the
     # runs several-fold; one test below checks the activity progress bar itself
     widget.napari_progress.value = False
-    viewer.window.add_dock_widget(widget, name=widget_cls.__name__[:-6], area="right")
+    viewer.window.add_dock_widget(ScrollDock(widget), name=widget_cls.__name__[:-6],
+                                  area="right")
     return viewer, widget
 
 
@@ -154,12 +155,30 @@ def test_disk_samples_spacing(make_napari_viewer):
 
 def test_widgets_open_from_the_plugin_menu(make_napari_viewer):
     viewer = make_napari_viewer()
-    _, seg = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
-    _, tr = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    _, seg_dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    _, tr_dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Train")
+    assert isinstance(seg_dock, ScrollDock) and isinstance(tr_dock, ScrollDock)
+    seg, tr = seg_dock.inner, tr_dock.inner
     assert isinstance(seg, SegmentWidget) and isinstance(tr, TrainWidget)
     layer = viewer.add_image(np.zeros((32, 32), np.float32), name="new")
     assert seg.image.value is layer  # napari hands the widgets its viewer (behind a proxy)
-    assert tr.pairs[0].image_w.value is layer
+    assert tr.pairs[0].image_w.value is layer  # and napari's layer events reach the form
+
+
+def test_a_dock_taller_than_the_window_scrolls_instead_of_squeezing(make_napari_viewer,
+                                                                    qtbot):
+    viewer = make_napari_viewer(show=True)
+    viewer.window._qt_window.resize(1200, 600)
+    _, dock = viewer.window.add_plugin_dock_widget(PLUGIN, "Segment")
+    w = dock.inner
+    for box in (w.options_box, w.blockwise_box, w.folder_box):
+        box.expand(animate=False)
+    qtbot.waitUntil(lambda: w.native.height() >= w.native.minimumSizeHint().height(),
+                    timeout=5_000)
+    assert w.native.minimumSizeHint().height() > dock.viewport().height()
+    assert dock.verticalScrollBar().maximum() > 0
+    options = w.options_w.native
+    assert options.height() >= options.minimumSizeHint().height()  # rows do not overlap
 
 
 # -- Segment: geometry, tile size, preview -------------------------------------------------
@@ -490,8 +509,8 @@ def test_train_a_few_iterations_then_segment_and_save(make_napari_viewer, qtbot,
     seg = SegmentWidget(viewer)
     t = TrainWidget(viewer)
     t.napari_progress.value = False
-    viewer.window.add_dock_widget(seg, name="Segment", area="right")
-    viewer.window.add_dock_widget(t, name="Train", area="right", tabify=True)
+    viewer.window.add_dock_widget(ScrollDock(seg), name="Segment", area="right")
+    viewer.window.add_dock_widget(ScrollDock(t), name="Train", area="right", tabify=True)
     image, labels = periodic_disks((64, 64), radius=5, spacing=15, noise=0.01, seed=0)
     viewer.add_image(image, name="img")
     viewer.add_labels(labels, name="gt")
@@ -574,6 +593,13 @@ def test_docs_screenshots_with_the_default_model(make_napari_viewer, qtbot, shot
         layer.visible = layer.name in show
     assert w.last_result.n_instances > 50
     shots(viewer, "segment")
+    for box in (w.options_box, w.blockwise_box):  # the options, "auto (model)", blockwise
+        box.expand(animate=False)
+    opts = w.options_w.native
+    qtbot.waitUntil(lambda: opts.height() >= opts.minimumSizeHint().height(), timeout=5_000)
+    shots(viewer, "segment_options")
+    for box in (w.options_box, w.blockwise_box):
+        box.collapse(animate=False)
     w.stitch.value, w.tile.value = "both", 100
     wait(qtbot, w.run(), timeout=600_000)
     w.view.value = "naive"

@@ -88,7 +88,15 @@ def _array_path(root: str | Path, out: Path, into_image: bool) -> str:
     return str(root / "0") if is_omezarr_target(out) else str(root)
 
 
-def _open(path: str) -> Any:
+def _work_array(root: str | Path, out: Path, into_image: bool) -> Path:
+    """The engine's per-block labels (before merging), in its scratch folder."""
+    from ..blockwise.store import WORK
+
+    label = Path(root) / "labels" / "labels" if into_image else Path(root)
+    return label / WORK / "local"
+
+
+def _open(path: str | Path) -> Any:
     import zarr
 
     return zarr.open_array(path, mode="r")
@@ -105,7 +113,8 @@ def start_blockwise(dock: Any, model: Any, layer: Any, inp: ImageInput) -> Job:
     key = (layer.name, "labels", ROLE)
     name = f"{layer.name} labels [blockwise]"
     common = {"scale": inp.scale, "translate": inp.translate}
-    state: dict[str, Any] = {"finished": False, "stage": None, "layer": None}
+    state: dict[str, Any] = {"finished": False, "stage": None, "layer": None,
+                             "showing": None}
 
     def work(report, cancel):
         from ..blockwise import run_blockwise
@@ -126,18 +135,28 @@ def start_blockwise(dock: Any, model: Any, layer: Any, inp: ImageInput) -> Job:
         if state["finished"]:
             return
         stage, n, total, root = payload
-        if state["layer"] is None and root:
-            # a lazy layer on the store being written: napari reads only what it shows
-            state["layer"] = dock.results.put(
-                key, "labels", _open(_array_path(root, out, into_image)), name,
-                info={"mode": "correct", "store": str(out), "source": layer.name}, **common)
-        if stage == "write" and state["layer"] is not None:
+        if root:
+            # a lazy layer on the store being written (napari reads only what it shows):
+            # the per-block labels while blocks are predicted, the final ones once written
+            local = _work_array(root, out, into_image)
+            want = "local" if stage != "write" and local.exists() else "final"
+            if state["showing"] != want and not (want == "local" and state["showing"]):
+                data = _open(local if want == "local" else _array_path(root, out, into_image))
+                state["layer"] = dock.results.put(
+                    key, "labels", data, name, info={"mode": "correct", "store": str(out),
+                                                     "source": layer.name,
+                                                     "provisional": want == "local"},
+                    **common)
+                state["showing"] = want
+        if stage in ("predict", "write") and state["layer"] is not None:
             state["layer"].refresh()
         what = {"predict": "predict + label", "merge": "merge block faces",
                 "cluster": "cluster crossing objects", "write": "write labels"}.get(stage,
                                                                                     stage)
         dock.status.value = f"blockwise {what}: {n}/{total}" + (
-            " blocks" if stage in ("predict", "write") else "")
+            " blocks" if stage in ("predict", "write") else "") + (
+            " (labels per block until they are merged and written)"
+            if state["showing"] == "local" else "")
         if pbar.total != total or state["stage"] != stage:
             state["stage"] = stage
             pbar.reset(total=total)

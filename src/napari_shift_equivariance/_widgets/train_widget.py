@@ -393,16 +393,16 @@ class TrainWidget(Container):
                 if "val_ap" in e:
                     self.val_info.value = (f"validation AP@0.5: {e['val_ap']:.3f} (iteration "
                                            f"{e['iteration']})")
-            stage = entries[-1] if entries else {}
-            if stage.get("stage") == "calibrate":
-                self.status.value = (f"calibrating on the validation split "
-                                     f"{stage.get('done', 0)}/{stage.get('total', '?')}")
-            elif steps:
+            if steps:
                 last = steps[-1]
                 it = int(last.get("iteration", len(self.history)))
                 self.bar.value = min(it, total)
                 self.status.value = f"iteration {it}/{total}, loss {last.get('loss', 0):.4g}"
                 pbar.update(min(it, total) - pbar.n)
+            stage = entries[-1] if entries else {}
+            if stage.get("stage") == "calibrate":  # after the last iteration's report
+                self.status.value = (f"calibrating on the validation split "
+                                     f"{stage.get('done', 0)}/{stage.get('total', '?')}")
 
         def done(status: str, value: Any) -> None:
             finished[0] = True
