@@ -512,3 +512,11 @@ def test_keep_best_returns_the_weights_of_the_best_validation(pair, monkeypatch)
     two = train([img[:-20]], [lab[:-20]], cfg.replace(iterations=2, val_every=0,
                                                       keep_best=False))
     assert_same_weights(weights(best.model), weights(two.model))
+
+
+def test_cli_help_states_the_one_delta_d_default(capsys):
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert f"push margin (default {DEFAULT_DELTA_D})" in text
+    assert "--time-limit SECONDS" in text and "default3d" in text
