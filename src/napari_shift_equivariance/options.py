@@ -156,13 +156,14 @@ class ClusterOptions(_Options):
 def _model_bandwidth(config: Any) -> float:
     """The model's calibrated bandwidth, or else the one its loss margins imply."""
     from .clustering import estimate_bandwidth_from_margins
+    from .loss import DEFAULT_DELTA_D, DEFAULT_DELTA_V
 
     calibrated = (getattr(config, "extra", None) or {}).get("bandwidth")
     if calibrated is not None and float(calibrated) > 0:
         return float(calibrated)
     loss = getattr(config, "loss", None) or {}
-    return float(estimate_bandwidth_from_margins(float(loss.get("delta_v", 0.5)),
-                                                 float(loss.get("delta_d", 3.0))))
+    return float(estimate_bandwidth_from_margins(float(loss.get("delta_v", DEFAULT_DELTA_V)),
+                                                 float(loss.get("delta_d", DEFAULT_DELTA_D))))
 
 
 @dataclass(frozen=True)

@@ -16,6 +16,7 @@ import torch
 from scipy import ndimage
 
 from ..errors import NSEError
+from ..labels import remove_small as drop_small
 from ..model import resolve_device
 from ..options import BACKENDS, SCOPES
 from .meanshift import CancelFn, ProgressFn, check_bandwidth, mean_shift
@@ -135,14 +136,3 @@ def foreground_points(embeddings, fg: np.ndarray) -> np.ndarray:
 def components(fg: np.ndarray) -> np.ndarray:
     """Connected components of a mask, touching diagonally counts (8- / 26-connectivity)."""
     return ndimage.label(fg, structure=np.ones((3,) * fg.ndim, bool))[0]
-
-
-def drop_small(labels: np.ndarray, min_size: int) -> np.ndarray:
-    """Set labels smaller than ``min_size`` pixels to 0 and renumber the rest 1..K in order."""
-    sizes = np.bincount(labels.ravel())
-    keep = sizes >= max(min_size, 1)
-    keep[0] = False
-    lut = np.zeros(len(sizes), np.uint32)
-    lut[keep] = np.arange(1, keep.sum() + 1, dtype=np.uint32)
-    return lut[labels]
-
