@@ -20,8 +20,9 @@ _API = {
     "Predictor": "predict", "predict": "predict",
     "read_image": "io", "write_labels": "io",
     "NSEError": "errors", "Cancelled": "errors",
+    "ClusterOptions": "options", "PredictOptions": "options",
     # training, clustering, segmentation
-    "TrainConfig": "train", "train": "train",
+    "TrainConfig": "train", "train": "train", "calibrate": "train",
     "mean_shift": "clustering", "cluster_embeddings": "clustering",
     "segment": "segment", "segment_prediction": "segment", "SegmentResult": "segment",
     "compare": "compare", "save_comparison": "compare", "sweep": "compare",
