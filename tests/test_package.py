@@ -1,0 +1,19 @@
+"""The package's public API: every advertised name resolves, and importing stays cheap."""
+
+import subprocess
+import sys
+
+import napari_shift_equivariance as nse
+
+
+def test_every_public_name_resolves():
+    for name in nse.__all__:
+        assert getattr(nse, name) is not None, name
+
+
+def test_import_loads_neither_torch_nor_qt():
+    # napari imports the package to read its manifest: that must not pull torch or Qt in
+    code = ("import sys, napari_shift_equivariance; "
+            "print(any(m == 'torch' or m.startswith(('PyQt', 'qtpy')) for m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
