@@ -220,3 +220,18 @@ def test_folder_is_segmented_file_by_file(make_napari_viewer, qtbot, tmp_path):
     wait(qtbot, w.run_folder())  # existing outputs are skipped unless asked
     assert w.status.value.startswith("folder: 3 skipped, 1 failed")
     assert (out / "img0.tif").stat().st_mtime_ns == before
+
+
+def test_multiscale_layer_goes_blockwise_on_level_0(make_napari_viewer, qtbot, tmp_path):
+    model = tiny_model(seed=1)
+    viewer, w = open_dock(make_napari_viewer, model)
+    image = periodic_disks((64, 64), radius=5, spacing=15, noise=0.01, seed=3)[0]
+    viewer.add_image([image, image[::2, ::2]], name="pyramid", multiscale=True,
+                     scale=(0.5, 0.5))
+    w.stitch.value, w.tile.value, w.block.value = "correct", 16, 32
+    w.store.value = tmp_path / "pyramid.ome.zarr"  # a new OME-Zarr holding the labels
+    wait(qtbot, w.run())
+    layer = viewer.layers["pyramid labels [blockwise]"]
+    assert layer.data.shape == image.shape and tuple(layer.scale) == (0.5, 0.5)
+    api = segment(model, image, "correct", 16, device="cpu", min_size=0)
+    assert same_partition(np.asarray(layer.data[:]), api.labels)

@@ -19,14 +19,12 @@ import numpy as np
 
 from ..errors import NSEError
 from ._common import ImageInput, activity_progress, notify, report_error
+from ._settings import path_or_none
 from ._worker import Job
 
 #: the result-layer role of blockwise labels
 ROLE = "blockwise"
 
-
-def _path_or_none(value: Any) -> str | None:
-    return None if str(value) in ("", ".") else str(value)
 
 
 def _cli_words(exc: BaseException) -> BaseException:
@@ -66,7 +64,7 @@ def wants_blockwise(dock: Any, layer: Any, inp: ImageInput, model: Any) -> bool:
 
 
 def store_path(dock: Any) -> Path:
-    text = _path_or_none(dock.store.value)
+    text = path_or_none(dock.store.value)
     if text is None:
         raise NSEError("name a zarr store for the labels (Large images ▸ Labels store), or "
                        "set Blockwise: never to segment in memory")
@@ -207,7 +205,7 @@ def _is_omezarr_image(path: Path) -> bool:
 def folder_sources(dock: Any) -> tuple[list[Path], Path]:
     from ..batch import expand_inputs
 
-    src, out = _path_or_none(dock.folder_in.value), _path_or_none(dock.folder_out.value)
+    src, out = path_or_none(dock.folder_in.value), path_or_none(dock.folder_out.value)
     if src is None or not Path(src).is_dir():
         raise NSEError("choose a folder of images (Folder of images ▸ Image folder)")
     if out is None:

@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from magicgui.widgets import CheckBox, Container, FloatSpinBox
+from magicgui.widgets import CheckBox, Container, FileEdit, FloatSpinBox
 
 from ..errors import NSEError
 
@@ -59,6 +59,25 @@ def setting(name: str, kind: Callable[..., Any], default: Any = None, *, persist
             valid: Callable[[Any], bool] | None = None, **options: Any) -> Setting:
     """A :class:`Setting`; ``options`` go to the widget (label, choices, min, max, tooltip…)."""
     return Setting(name, kind, default, dict(options), persist, encode, decode, valid)
+
+
+def path_or_none(value: Any) -> str | None:
+    """A FileEdit's value as a path string, ``None`` when empty (FileEdit shows "." then)."""
+    return None if str(value) in ("", ".") else str(value)
+
+
+def model_file_setting() -> Setting:
+    """The model-file row both docks have (shown when the model choice is a file)."""
+    return setting("model_file", FileEdit, "", label="Model file", mode="r", filter="*.pt",
+                   visible=False, encode=path_or_none, valid=lambda p: Path(p).is_file())
+
+
+def activity_bar_setting() -> Setting:
+    """Whether progress also goes to napari's activity bar (both docks; see
+    :func:`._common.activity_progress` for why one may switch it off)."""
+    return setting("napari_progress", CheckBox, True, text="progress in napari's activity bar",
+                   tooltip="its busy animation costs CPU with software OpenGL (remote "
+                   "desktops)")
 
 
 def config_dir() -> Path:

@@ -49,7 +49,15 @@ from ._registry import (
     connect_while_alive,
     registry_sources,
 )
-from ._settings import Auto, DockSettings, build, setting
+from ._settings import (
+    Auto,
+    DockSettings,
+    activity_bar_setting,
+    build,
+    model_file_setting,
+    path_or_none,
+    setting,
+)
 from ._worker import Job, detach_on_close
 
 RANDOM = ModelSource.random()
@@ -83,11 +91,7 @@ def _default_tile(dock: SegmentWidget) -> int:
     return int(max(default_tile(geo, str(dock.device.value))))
 
 
-def _path_or_none(value: Any) -> str | None:
-    return None if str(value) in ("", ".") else str(value)
 
-
-_TIP_PROGRESS = "its busy animation costs CPU with software OpenGL (remote desktops)"
 _AUTO = "auto (model)"
 
 #: The Segment dock's form, in the order its values are applied (causes before effects);
@@ -98,8 +102,7 @@ SETTINGS = (
     setting("factor", SpinBox, 2, label="Pooling factor f", min=2, max=MAX_FACTOR),
     setting("init_seed", SpinBox, 0, label="Init seed", min=0, max=2**31 - 1,
             tooltip="seed of the untrained model's random weights"),
-    setting("model_file", FileEdit, "", label="Model file", mode="r", filter="*.pt",
-            visible=False, encode=_path_or_none, valid=lambda p: Path(p).is_file()),
+    model_file_setting(),
     setting("model", ComboBox, _first_model, label="Model", choices=model_choices,
             encode=str, decode=ModelSource.parse),
     setting("stitch", ComboBox, "correct", label="Stitching", choices=list(STITCH)),
@@ -124,8 +127,7 @@ SETTINGS = (
             shown=4, tooltip="tiles per forward pass; auto: as many as fit the device"),
     setting("raw_channels", CheckBox, False, text="also add raw embedding channels"),
     setting("context_boxes", CheckBox, False, text="preview: also show context (input) boxes"),
-    setting("napari_progress", CheckBox, True, text="progress in napari's activity bar",
-            tooltip=_TIP_PROGRESS),
+    activity_bar_setting(),
     # large images: blockwise into a zarr store
     setting("blockwise", ComboBox, "auto", label="Blockwise", choices=list(BLOCKWISE),
             tooltip="auto: blockwise for a dask/zarr-backed or multiscale layer, or when the "
@@ -134,16 +136,16 @@ SETTINGS = (
             shown=2048, tooltip="output block per axis, rounded down to a multiple of the "
             "tile; auto: 2048 (2D) / 256 (3D)"),
     setting("store", FileEdit, "", label="Labels store", mode="w", filter="*.zarr",
-            encode=_path_or_none, valid=lambda p: Path(p).parent.is_dir(),
+            encode=path_or_none, valid=lambda p: Path(p).parent.is_dir(),
             tooltip="a .zarr (or .ome.zarr) the labels are written to, block by block; an "
             "interrupted run resumes into it"),
     setting("overwrite_store", CheckBox, False, persist=False,
             text="overwrite the store if it exists"),
     # a folder of images
-    setting("folder_in", FileEdit, "", label="Image folder", mode="d", encode=_path_or_none,
+    setting("folder_in", FileEdit, "", label="Image folder", mode="d", encode=path_or_none,
             valid=lambda p: Path(p).is_dir()),
     setting("folder_out", FileEdit, "", label="Output folder", mode="d",
-            encode=_path_or_none, valid=lambda p: Path(p).parent.is_dir(),
+            encode=path_or_none, valid=lambda p: Path(p).parent.is_dir(),
             tooltip="one labels file per image and summary.csv"),
     setting("folder_suffix", ComboBox, ".tif", label="Output format",
             choices=[".tif", ".zarr", ".npy"]),
@@ -272,7 +274,7 @@ class SegmentWidget(Container):
         choice = self.model.value
         if choice is None:
             raise NSEError("choose a model")
-        return choice.complete(path=_path_or_none(self.model_file.value),
+        return choice.complete(path=path_or_none(self.model_file.value),
                                ndim=int(self.ndim.value), depth=int(self.depth.value),
                                factor=int(self.factor.value), seed=int(self.init_seed.value))
 
@@ -302,7 +304,7 @@ class SegmentWidget(Container):
         except NSEError as exc:
             self.geometry_info.value = str(exc)
             self.cluster_info.value = ""
-            if choice == FILE and _path_or_none(self.model_file.value) and not self._restoring:
+            if choice == FILE and path_or_none(self.model_file.value) and not self._restoring:
                 report_error(exc, "loading the model")
             return
         if model is not None:

@@ -47,7 +47,14 @@ from ._registry import (
     connect_while_alive,
     registry_sources,
 )
-from ._settings import DockSettings, build, setting
+from ._settings import (
+    DockSettings,
+    activity_bar_setting,
+    build,
+    model_file_setting,
+    path_or_none,
+    setting,
+)
 from ._worker import Job, detach_on_close
 
 SCRATCH = "scratch"
@@ -67,9 +74,6 @@ def _parse_init(text: str) -> Any:
     return SCRATCH if text == SCRATCH else ModelSource.parse(text)
 
 
-def _path_or_none(value: Any) -> str | None:
-    return None if str(value) in ("", ".") else str(value)
-
 
 def _default_window(dock: TrainWidget) -> int:
     from ..train import default_window
@@ -86,13 +90,11 @@ def _api_defaults() -> Any:
 
 _API = _api_defaults()
 NO_VAL = "validation AP@0.5: –"
-_TIP_PROGRESS = "its busy animation costs CPU with software OpenGL (remote desktops)"
 
 #: The Train dock's form, in the order its values are applied (causes before effects); the
 #: only place its defaults are written (most are :class:`TrainConfig`'s).
 SETTINGS = (
-    setting("model_file", FileEdit, "", label="Model file", mode="r", filter="*.pt",
-            visible=False, encode=_path_or_none, valid=lambda p: Path(p).is_file()),
+    model_file_setting(),
     setting("init", ComboBox, SCRATCH, label="Start", choices=init_choices, encode=str,
             decode=_parse_init),
     setting("ndim", ComboBox, _API.ndim, label="Dimensions", choices=[2, 3]),
@@ -113,8 +115,7 @@ SETTINGS = (
     setting("seed", SpinBox, _API.seed, label="Seed", min=0, max=2**31 - 1),
     setting("device", ComboBox, "auto", label="Device", choices=available_devices()),
     setting("use_segment", CheckBox, True, text="use in Segment when done"),
-    setting("napari_progress", CheckBox, True, text="progress in napari's activity bar",
-            tooltip=_TIP_PROGRESS),
+    activity_bar_setting(),
 )
 
 
@@ -243,7 +244,7 @@ class TrainWidget(Container):
         choice = self.init.value
         if choice in (None, SCRATCH):
             return None
-        return choice.complete(path=_path_or_none(self.model_file.value))
+        return choice.complete(path=path_or_none(self.model_file.value))
 
     def _init_model(self) -> UNet | None:
         source = self.init_source()
@@ -261,7 +262,7 @@ class TrainWidget(Container):
             except NSEError as exc:
                 self.window_info.value = str(exc)
                 self.start_btn.enabled = False
-                chosen = _path_or_none(self.model_file.value) or self.init.value != FILE
+                chosen = path_or_none(self.model_file.value) or self.init.value != FILE
                 if chosen and not self._restoring:
                     report_error(exc, "loading the start model")
                 return
