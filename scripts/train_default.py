@@ -39,7 +39,7 @@ from napari_shift_equivariance.train import PRESETS, TrainConfig, calibrate, tra
 RECIPES = {
     # the shipped default_2d.pt: these overrides, --from <the first default> --iterations 1200
     "default": {"style": "mixed", "n_images": 48, "shape": (256, 256),
-                "config": {"intensity_scale": (0.4, 1.6), "lr": 1e-3}},
+                "config": {"intensity_scale": (0.4, 1.6), "lr": 1e-3, "delta_d": 1.5}},
     "default3d": {"style": "mixed", "n_images": 16, "shape": (48, 96, 96),
                   "config": {"delta_d": 1.5, "intensity_scale": (0.4, 1.6)}},
 }
