@@ -79,3 +79,15 @@ def test_write_failures_read_as_one_line():
         "out of disk space writing o.zarr"
     assert "read-only" in str(os_error(OSError(errno.EROFS, "Read-only"), "o.zarr"))
     assert "permission" in str(os_error(PermissionError(errno.EACCES, "denied"), "o.zarr"))
+
+
+def test_strided_percentiles_read_in_slabs_are_the_same(tmp_path, monkeypatch):
+    from napari_shift_equivariance import normalize
+
+    image = np.random.default_rng(0).gamma(2.0, size=(9, 300, 260)).astype(np.float32)
+    z = zarr.open_array(str(tmp_path / "i.zarr"), mode="w", shape=image.shape,
+                        dtype="float32", chunks=(1, 128, 128))
+    z[...] = image
+    want = normalize.percentiles(image, max_samples=100_000)
+    monkeypatch.setattr(normalize, "SLAB_BYTES", 300 * 260 * 4 * 2)  # about 2 planes a slab
+    assert normalize.percentiles(z, max_samples=100_000) == want

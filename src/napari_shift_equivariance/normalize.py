@@ -24,6 +24,26 @@ def _strides_for(shape: Sequence[int], max_samples: int) -> list[int]:
     return steps
 
 
+#: a lazy image's strided sample is read in slabs of about this many source bytes, so that a
+#: zarr/dask image is never decoded all at once (peak memory stays flat as the image grows)
+SLAB_BYTES = 2**25
+
+
+def _read_strided(image: Any, index: tuple[slice, ...]) -> np.ndarray:
+    """``image[index]`` (slices with steps), read slab by slab along the first axis: the same
+    values as one read."""
+    if isinstance(image, np.ndarray):
+        return np.asarray(image[index])
+    first = index[0]
+    start, _, step = first.indices(image.shape[0])
+    count = len(range(start, image.shape[0], step))
+    per = math.prod(image.shape[1:]) * np.dtype(image.dtype).itemsize * step
+    group = max(1, SLAB_BYTES // max(per, 1))
+    parts = [np.asarray(image[(slice(start + i * step, start + (i + group) * step, step),
+                               *index[1:])]) for i in range(0, count, group)]
+    return np.concatenate(parts) if len(parts) > 1 else parts[0]
+
+
 def percentiles(
     image: Any, low: float = 1.0, high: float = 99.8, max_samples: int = 2_000_000,
     rng: np.random.Generator | None = None,
@@ -46,7 +66,7 @@ def percentiles(
         rng = np.random.default_rng(0) if rng is None else rng
         steps = _strides_for(shape, max_samples)
         index = tuple(slice(int(rng.integers(st)), None, st) for st in steps)
-        sample = np.asarray(image[index])
+        sample = _read_strided(image, index)
     sample = sample.astype(np.float64, copy=False)
     lo, hi = np.nanpercentile(sample, [low, high])
     if not (np.isfinite(lo) and np.isfinite(hi)):

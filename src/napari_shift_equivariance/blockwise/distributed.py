@@ -120,9 +120,12 @@ def local_client(workers: int, memory_limit: int | str | None = None,
     if workers < 1:
         raise NSEError(f"--workers must be at least 1, got {workers}")
     limit = _parse_size(memory_limit)
+    from .memory import MMAP_THRESHOLD
+
     cluster = LocalCluster(n_workers=workers, threads_per_worker=1, processes=True,
                            memory_limit=(limit // workers) if limit else "auto",
-                           dashboard_address=None)
+                           dashboard_address=None,
+                           env={"MALLOC_MMAP_THRESHOLD_": str(MMAP_THRESHOLD)})
     return Client(cluster)
 
 

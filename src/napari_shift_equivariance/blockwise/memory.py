@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ctypes
 import math
 import re
+import sys
 from collections.abc import Sequence
 
 from ..errors import NSEError
@@ -52,3 +54,24 @@ def needs_blockwise(image_shape: Sequence[int], out_channels: int, ndim: int,
     """Whether the in-memory run would exceed ``limit`` bytes (default :func:`default_budget`)."""
     budget = default_budget() if limit is None else limit
     return in_memory_bytes(image_shape, out_channels, ndim) > budget
+
+
+#: glibc: buffers at least this large come straight from mmap and go back to the system
+MMAP_THRESHOLD = 2**20
+
+
+def fixed_mmap_threshold(size: int = MMAP_THRESHOLD) -> bool:
+    """Stop glibc from raising its mmap threshold after large frees (its default), which makes
+    block-sized buffers land in a fragmenting heap: the peak then creeps up block after block
+    (measured: 927 -> 1055 MB over 8 planes of 1024², 772 -> 806 MB with this). Process-wide,
+    so only for processes this package owns (the ``nse`` command, its local workers);
+    ``MALLOC_MMAP_THRESHOLD_=1048576`` in the environment does the same for any process.
+    Returns whether it was applied (glibc only)."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    m_mmap_threshold = -3
+    return bool(libc.mallopt(m_mmap_threshold, int(size)))

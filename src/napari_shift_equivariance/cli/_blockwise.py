@@ -80,6 +80,9 @@ def run(args: argparse.Namespace, kind: str) -> int:
             raise NSEError("blockwise segmentation is exact for --scope component only")
         kw = {"bandwidth": args.bandwidth, "fg_threshold": args.fg_threshold,
               "min_size": args.min_size}
+    from ..blockwise.memory import fixed_mmap_threshold
+
+    fixed_mmap_threshold()  # this process is ours: keep the peak flat block after block
     client = _client(args)
     # local workers share the cores; a remote cluster's workers keep their own settings
     threads = max(1, (os.cpu_count() or 1) // args.workers) if args.workers else None
