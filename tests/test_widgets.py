@@ -17,13 +17,8 @@ from napari.layers import Image, Labels, Shapes
 from napari_shift_equivariance import _sample_data as samples
 from napari_shift_equivariance._widgets import ScrollDock, SegmentWidget, TrainWidget, _common
 from napari_shift_equivariance._widgets._registry import REGISTRY, ModelSource
-from napari_shift_equivariance._widgets.segment_widget import (
-    FILE,
-    OFF_GRID,
-    ON_GRID,
-    RANDOM,
-    _grid,
-)
+from napari_shift_equivariance._widgets._results import _grid
+from napari_shift_equivariance._widgets.segment_widget import FILE, OFF_GRID, ON_GRID, RANDOM
 from napari_shift_equivariance.data import periodic_disks
 from napari_shift_equivariance.model import ModelConfig, build_model, save_model
 from napari_shift_equivariance.segment import segment
