@@ -546,6 +546,8 @@ def test_train_stop_keeps_the_partial_model(make_napari_viewer, qtbot):
     assert 2 <= len(t.history) < 100_000
     assert len(REGISTRY) == 1 and t.model is not None
     assert t.model.config.extra["cancelled"] is True
+    # calibrated at Stop too: the model carries its clustering values, the dock shows them
+    assert "bandwidth" in t.model.config.extra and "calibrated" in t.val_info.value
 
 
 def test_train_with_mismatched_layers_is_refused(make_napari_viewer, errors):
