@@ -303,18 +303,14 @@ def task_cluster(key: str, owner: int, comps: list[list[tuple[int, int, list, li
                       for i, (b, lid, _, _) in enumerate(members)])
         start += len(flat)
     lab = _cluster(job, np.concatenate(points), np.concatenate(groups))
-    sizes = np.bincount(lab)
-    keep = sizes >= max(job.cluster.min_size, 1)
-    number = np.zeros(len(sizes), np.uint32)
-    number[keep] = np.arange(1, keep.sum() + 1, dtype=np.uint32)
-    values = number[lab]
+    values = drop_small(lab + 1, job.cluster.min_size)  # 0: dropped, else 1..k
     keys, starts, vals = [], [0], []
     for members in spans:
         for b, lid, pos in members:
             keys.append((b, lid))
             vals.append(values[pos])
             starts.append(starts[-1] + len(pos))
-    job.store.mark("cluster", owner, k=int(keep.sum()), keys=np.array(keys, np.int64),
+    job.store.mark("cluster", owner, k=int(values.max(initial=0)), keys=np.array(keys, np.int64),
                    starts=np.array(starts, np.int64), values=np.concatenate(vals))
     return owner
 
