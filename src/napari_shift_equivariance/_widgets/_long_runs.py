@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -138,8 +139,13 @@ def start_blockwise(dock: Any, model: Any, layer: Any, inp: ImageInput) -> Job:
             # the per-block labels while blocks are predicted, the final ones once written
             local = _work_array(root, out, into_image)
             want = "local" if stage != "write" and local.exists() else "final"
+            data = None
             if state["showing"] != want and not (want == "local" and state["showing"]):
-                data = _open(local if want == "local" else _array_path(root, out, into_image))
+                # not created yet: a later event shows it
+                with contextlib.suppress(FileNotFoundError):
+                    data = _open(local if want == "local" else _array_path(root, out,
+                                                                           into_image))
+            if data is not None:
                 state["layer"] = dock.results.put(
                     key, "labels", data, name, info={"mode": "correct", "store": str(out),
                                                      "source": layer.name,
