@@ -100,6 +100,23 @@ def test_a_group_gets_the_clusters_it_would_get_alone():
         assert adjusted_rand_score(alone, together[groups == k]) == 1.0, k
 
 
+def test_groups_are_independent_even_on_a_continuum():
+    # A continuum of points cut into many clusters puts points on decision boundaries, where
+    # another summation order flips labels: every group must still get exactly the labels it
+    # gets alone (the blockwise engine clusters components in other company than segment).
+    rng = np.random.default_rng(2)
+    sizes = rng.integers(5, 3000, 60)
+    x = rng.normal(0, 2, (int(sizes.sum()), 3)).astype(np.float32)
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    keep = (groups >= 34) & (groups <= 36)  # a case that once depended on its neighbours
+    x, groups = x[keep], groups[keep]
+    together = mean_shift(x, 0.8, "cpu", groups=groups)
+    for k in np.unique(groups):
+        m = groups == k
+        alone = mean_shift(x[m], 0.8, "cpu")
+        assert adjusted_rand_score(alone, together[m]) == 1.0, k
+
+
 def test_single_point_and_duplicates():
     assert mean_shift(np.zeros((1, 3)), 1.0, "cpu").tolist() == [0]
     assert mean_shift(np.ones((50, 2)), 1.0, "cpu").tolist() == [0] * 50

@@ -29,7 +29,8 @@ def bins(k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     with a second, independent hash (the exact, slow way only on a collision).
     """
     h = hash_rows(k)
-    order = np.argsort(h)
+    # stable: a bin's rows keep their order, so a group's tiles are the same in any company
+    order = np.argsort(h, kind="stable")
     hs = h[order]
     new = np.r_[True, hs[1:] != hs[:-1]]
     h2 = hash_rows(k, 1)[order]

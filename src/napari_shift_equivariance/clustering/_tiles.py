@@ -17,6 +17,8 @@ import torch
 from ..errors import Cancelled
 
 ProgressFn = Callable[[int, int], None]
+#: The squared-norm entry of padding rows: their squared distance to anything is at least this.
+FAR_AWAY = 1e30
 CancelFn = Callable[[], bool]
 
 
@@ -88,24 +90,42 @@ class Tiles:
 
     def __init__(self, y: torch.Tensor, g: np.ndarray, rows: np.ndarray, leaf: int,
                  w: torch.Tensor | None = None, pad: int = -2):
-        n, dev = len(rows), y.device
+        n, dev, dim = len(rows), y.device, y.shape[1]
         size = max(1, min(leaf, n))
-        nt = -(-n // size)
-        npad = (nt + 1) * size - n  # padding sits in the last tile and the null tile only
+        gr = g[rows]
+        # Every group starts a new tile (rows come sorted by group): a tile holds one group,
+        # so tiles only ever meet tiles of their own group, no group mask is needed, and a
+        # group's tiles, sums and results are the same whatever other groups share the call.
+        start = np.flatnonzero(np.r_[True, gr[1:] != gr[:-1]]) if n else np.zeros(0, int)
+        length = np.diff(np.r_[start, n])
+        ntiles = -(-length // size)
+        first = np.r_[0, np.cumsum(ntiles)[:-1]]
+        run = np.repeat(np.arange(len(start)), length)
+        slot = first[run] * size + np.arange(n) - start[run]
+        nt = int(ntiles.sum())
+        total = (nt + 1) * size  # the last tile is the null tile: padding only
         rt = torch.from_numpy(rows).to(dev)
-        yr = y[rt]
-        self.y = torch.cat([yr, yr.new_zeros(npad, y.shape[1])]).view(nt + 1, size, -1)
+        st = torch.from_numpy(slot).to(dev)
+        self.slot = st
+        yt = y.new_zeros(total, dim)
+        yt[st] = y[rt]
+        self.y = yt.view(nt + 1, size, dim)
         self.w = None
         if w is not None:
-            self.w = torch.cat([w[rt], w.new_zeros(npad)]).view(nt + 1, size)
-        self.idx = torch.cat([rt, rt.new_full((npad,), -1)]).view(nt + 1, size)
-        gr = g[rows]
-        self.g = torch.from_numpy(np.r_[gr, np.full(npad, pad)]).to(dev).view(nt + 1, size)
-        last = (nt - 1) * size
-        self.lo, self.hi = self.y[:nt].amin(1), self.y[:nt].amax(1)
-        self.lo[-1], self.hi[-1] = yr[last:].amin(0), yr[last:].amax(0)
-        self.glo = gr[::size]
-        self.ghi = gr[np.minimum(np.arange(nt) * size + size - 1, n - 1)]
+            wt = w.new_zeros(total)
+            wt[st] = w[rt]
+            self.w = wt.view(nt + 1, size)
+        idx = rt.new_full((total,), -1)
+        idx[st] = rt
+        self.idx = idx.view(nt + 1, size)
+        gt = np.full(total, pad, dtype=np.int64)
+        gt[slot] = gr
+        self.g = torch.from_numpy(gt).to(dev).view(nt + 1, size)
+        real = (self.idx[:nt] >= 0).unsqueeze(2)
+        inf = torch.tensor(math.inf, dtype=y.dtype, device=dev)
+        self.lo = torch.where(real, self.y[:nt], inf).amin(1)
+        self.hi = torch.where(real, self.y[:nt], -inf).amax(1)
+        self.glo = self.ghi = np.repeat(gr[start], ntiles)
         self.n, self.null = n, nt
         self._a = self._b = self._wy = None
 
@@ -121,7 +141,7 @@ class Tiles:
         if self._b is None:
             sq = (self.y * self.y).sum(2, keepdim=True)
             self._b = torch.cat([-2 * self.y, torch.ones_like(sq), sq], 2)
-            self._b[self.null, :, -1] = 1e30
+            self._b[self.idx < 0, -1] = FAR_AWAY  # padding: beyond every radius
         return self._b
 
     @property
@@ -132,8 +152,8 @@ class Tiles:
         return self._wy
 
     def rows(self, padded: torch.Tensor) -> torch.Tensor:
-        """The first axis of per-slot values ``(tiles, T, ...)`` without the padding."""
-        return padded.reshape(-1, *padded.shape[2:])[: self.n]
+        """Per-slot values ``(tiles, T, ...)`` as per-row values, in the order ``rows``."""
+        return padded.reshape(-1, *padded.shape[2:])[self.slot]
 
 
 def pairs(ctx: Context, qt: Tiles, pt: Tiles, radius: float | None):
@@ -170,28 +190,30 @@ def pairs(ctx: Context, qt: Tiles, pt: Tiles, radius: float | None):
         a = c
 
 
-def blocks(ctx: Context, qt: Tiles, pt: Tiles, radius: float | None, pads: bool = False):
-    """Yield ``(tiles, cols, d2, valid)``: query tiles against all their candidate point tiles.
+def blocks(ctx: Context, qt: Tiles, pt: Tiles, radius: float | None):
+    """Yield ``(tiles, cols, d2)``: query tiles against all their candidate point tiles.
 
     ``tiles`` ``(B,)`` are query tiles (each appears in one block only), ``cols`` ``(B, M)``
-    their candidate point tiles (padded with the null tile), ``d2`` ``(B, M * Tp, Tq)`` the
-    squared distances from the points of ``cols``, laid end to end, to the queries (this
-    layout multiplies fastest), and ``valid`` marks pairs of the same group (padding included
-    if ``pads``), or is None when that is all of them.
+    their candidate point tiles of the same group (padded with the null tile), and ``d2``
+    ``(B, M * Tp, Tq)`` the squared distances from the points of ``cols``, laid end to end, to
+    the queries (this layout multiplies fastest); from padding rows they are
+    ``>= FAR_AWAY``.
     """
     tq, tp = qt.y.shape[1], pt.y.shape[1]
-    mixed = pads or qt.glo[0] != qt.ghi[-1] or pt.glo[0] != pt.ghi[-1] or qt.glo[0] != pt.glo[0]
     for qi, pi in pairs(ctx, qt, pt, radius):
         tiles, count = torch.unique_consecutive(qi, return_counts=True)
         start = torch.cumsum(count, 0) - count
-        # blocks of query tiles with similar candidate counts, to pad little
+        # blocks of query tiles with the same number of candidates: no padding, so the sums
+        # of a tile do not depend on the tiles it shares a block with
         order = torch.argsort(count, descending=True, stable=True)
         cn = count[order].cpu().numpy()
+        run_end = np.r_[np.flatnonzero(cn[1:] != cn[:-1]) + 1, len(cn)]
         s = 0
         while s < len(cn):
             ctx.check()
             m = int(cn[s])
-            e = s + max(1, ctx.chunk // (tq * tp * m))
+            e = min(s + max(1, ctx.chunk // (tq * tp * m)),
+                    int(run_end[np.searchsorted(run_end, s, "right")]))
             sel = order[s:e]
             ar = torch.arange(m, device=ctx.dev)
             inside = ar < count[sel].unsqueeze(1)
@@ -199,20 +221,15 @@ def blocks(ctx: Context, qt: Tiles, pt: Tiles, radius: float | None, pads: bool 
             cols = torch.where(inside, pi[at], pt.null)
             tl = tiles[sel]
             d2 = torch.bmm(pt.b[cols].reshape(len(sel), m * tp, -1), qt.a[tl].transpose(1, 2))
-            valid = None
-            if mixed:
-                valid = pt.g[cols].reshape(len(sel), m * tp, 1) == qt.g[tl].unsqueeze(1)
-            yield tl, cols, d2, valid
+            yield tl, cols, d2
             s = e
 
 
 def kernel_means(ctx: Context, qt: Tiles, pt: Tiles):
     """Weighted mean of the points within distance 1 of each query, and their total weight."""
     acc = torch.zeros(*qt.y.shape[:2], pt.wy.shape[2], dtype=qt.y.dtype, device=qt.y.device)
-    for tiles, cols, d2, valid in blocks(ctx, qt, pt, 1.0):
+    for tiles, cols, d2 in blocks(ctx, qt, pt, 1.0):
         k = d2.le_(1.0)  # in place: 1.0 within the kernel, 0.0 outside
-        if valid is not None:
-            k.mul_(valid)
         wy = pt.wy[cols].reshape(len(tiles), k.shape[1], -1)
         acc[tiles] = torch.bmm(wy.transpose(1, 2), k).transpose(1, 2)
     acc = qt.rows(acc)

@@ -49,7 +49,16 @@ from ._bins import bins as _bins
 from ._bins import first_of_each as _first_of_each
 from ._bins import ranges as _ranges
 from ._bins import reached as _reached
-from ._tiles import CancelFn, Context, ProgressFn, Tiles, blocks, kd_order, kernel_means
+from ._tiles import (
+    FAR_AWAY,
+    CancelFn,
+    Context,
+    ProgressFn,
+    Tiles,
+    blocks,
+    kd_order,
+    kernel_means,
+)
 
 _STOP = 1e-3  # convergence threshold in bandwidth units, as in scikit-learn
 _QUANTUM = 1e-4  # seeds closer than this (bandwidth units) are one seed from then on
@@ -270,10 +279,12 @@ def _merge(ctx: Context, pos: torch.Tensor, grp: np.ndarray, cnt: torch.Tensor):
     qt = Tiles(pos, grp, rows, ctx.leaf_q, pad=-1)
     pt = Tiles(pos, grp, rows, ctx.leaf_p, pad=-2)
     pairs = [np.zeros((0, 2), np.int64)]
-    for tiles, cols, d2, valid in blocks(ctx, qt, pt, 1.0, pads=True):
-        p, c, a = ((d2 <= 1.0) & valid).nonzero(as_tuple=True)
+    for tiles, cols, d2 in blocks(ctx, qt, pt, 1.0):
+        p, c, a = (d2 <= 1.0).nonzero(as_tuple=True)
         pi = pt.idx[cols].reshape(len(tiles), -1)[p, c]
-        pairs.append(torch.stack([qt.idx[tiles[p], a], pi], 1).cpu().numpy())
+        qi = qt.idx[tiles[p], a]
+        real = qi >= 0  # query padding; point padding is beyond the radius
+        pairs.append(torch.stack([qi[real], pi[real]], 1).cpu().numpy())
     i, j = np.concatenate(pairs).T
     i, j = i[j > i], j[j > i]
     o = np.argsort(i, kind="stable")
@@ -291,46 +302,36 @@ def _assign(ctx: Context, qt: Tiles, modes: torch.Tensor, mgrp: np.ndarray):
     """For every query row of ``qt`` (its order), the nearest mode of the same group and the
     squared distance to it (inf where the group has no mode).
 
-    Modes within ``_FAR`` are looked up tile by tile; only the rows left without one (and
-    every row, when there are few modes) are compared with all modes of their group.
+    Modes within ``_FAR`` are looked up tile by tile; only the rows left without one are
+    compared with all modes of their group.
     """
     best = torch.zeros(qt.n, dtype=torch.int64, device=ctx.dev)
     near = torch.full((qt.n,), math.inf, device=ctx.dev)
     if len(modes) == 0:
         return best, near
-    one_group = mgrp[0] == mgrp[-1] == qt.glo[0] == qt.ghi[-1]
-    rest = torch.arange(qt.n, device=ctx.dev)
-    if not one_group or len(modes) > 4 * ctx.leaf_p:
-        best, near = _assignblocks(ctx, qt, modes, mgrp, _FAR)
-        rest = torch.isinf(near).nonzero().squeeze(1)
+    # the same path for every call, so that a group's labels do not depend on the others
+    best, near = _assign_blocks(ctx, qt, modes, mgrp, _FAR)
+    rest = torch.isinf(near).nonzero().squeeze(1)
     if len(rest) == 0:
         return best, near
     y = qt.rows(qt.y)[rest]
-    if one_group:  # a plain argmin
-        step = max(1, ctx.chunk // len(modes))
-        sq = (modes * modes).sum(1)
-        for s in range(0, len(y), step):
-            ctx.check()
-            v, k = torch.addmm(sq, y[s:s + step], modes.T, alpha=-2).min(1)
-            best[rest[s:s + step]] = k
-            near[rest[s:s + step]] = v + (y[s:s + step] ** 2).sum(1)
-        return best, near
     g = qt.rows(qt.g).cpu().numpy()[rest.cpu().numpy()]
     sub = Tiles(y, g, np.arange(len(y)), ctx.leaf_p)
-    best[rest], near[rest] = _assignblocks(ctx, sub, modes, mgrp, None)
+    best[rest], near[rest] = _assign_blocks(ctx, sub, modes, mgrp, None)
     return best, near
 
 
-def _assignblocks(ctx: Context, qt: Tiles, modes: torch.Tensor, mgrp: np.ndarray,
+def _assign_blocks(ctx: Context, qt: Tiles, modes: torch.Tensor, mgrp: np.ndarray,
                    radius: float | None):
     """:func:`_assign` on tiles, among the modes within ``radius`` (None: all)."""
-    # modes are few and far apart: tiles of one or a few modes keep the boxes tight
-    leaf = -(-len(modes) // 4096)
-    mt = Tiles(modes, mgrp, kd_order(modes, mgrp, leaf), leaf)
+    # modes are few and far apart: tiles of one mode keep the boxes tight (and the same
+    # whatever other groups share the call)
+    mt = Tiles(modes, mgrp, kd_order(modes, mgrp, 1), 1)
     best = torch.zeros(qt.idx.shape, dtype=torch.int64, device=ctx.dev)
     near = torch.full(qt.idx.shape, math.inf, dtype=modes.dtype, device=ctx.dev)
-    for tiles, cols, d2, valid in blocks(ctx, qt, mt, radius, pads=True):
-        v, k = d2.masked_fill_(~valid, math.inf).min(1)
+    for tiles, cols, d2 in blocks(ctx, qt, mt, radius):
+        v, k = d2.min(1)
+        v.masked_fill_(v >= FAR_AWAY, math.inf)  # only padding in reach: no mode
         best[tiles] = mt.idx[cols].reshape(len(tiles), -1).gather(1, k)
         near[tiles] = v
     return qt.rows(best), qt.rows(near)
