@@ -106,12 +106,12 @@ def test_errors_are_one_line(capsys, tmp_path, model_file, image_file, argv, mes
 
 def test_interrupted_predict_leaves_no_output(monkeypatch, capsys, tmp_path, model_file,
                                               image_file):
-    from napari_shift_equivariance import predict as predict_mod
+    from napari_shift_equivariance.predict import Predictor
 
     def boom(self, batch):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(predict_mod.Predictor, "_forward", boom)
+    monkeypatch.setattr(Predictor, "_forward", boom)
     out = tmp_path / "o.zarr"
     code, _, err = run(capsys, "predict", image_file, "--model", model_file, "--tile", 8,
                        "--out", out)

@@ -6,6 +6,8 @@ The public API is imported lazily so that ``import napari_shift_equivariance`` s
 
 from __future__ import annotations
 
+import sys
+import types
 from importlib import import_module
 from typing import Any
 
@@ -42,3 +44,23 @@ def __getattr__(name: str) -> Any:
     if name in _API:
         return getattr(import_module(f".{_API[name]}", __name__), name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+#: Functions that share their module's name (``segment.segment``, ``train.train``, ...).
+_SAME_NAME = frozenset(name for name, module in _API.items() if name == module)
+
+
+class _Package(types.ModuleType):
+    """Importing a submodule stores it as an attribute of the package, which would shadow the
+    function of the same name (``from napari_shift_equivariance import segment`` would give
+    the module once anything imported ``napari_shift_equivariance.segment``): those names
+    always give the function. The modules stay in ``sys.modules`` for ``from ... import``."""
+
+    def __getattribute__(self, name: str) -> Any:
+        value = super().__getattribute__(name)
+        if name in _SAME_NAME and isinstance(value, types.ModuleType):
+            return getattr(value, name)
+        return value
+
+
+sys.modules[__name__].__class__ = _Package
