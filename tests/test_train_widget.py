@@ -6,18 +6,10 @@ from __future__ import annotations
 import pytest
 
 from napari_shift_equivariance._widgets import TrainWidget
-from napari_shift_equivariance._widgets._registry import REGISTRY
 from napari_shift_equivariance.data import nuclei
 from napari_shift_equivariance.options import ClusterOptions
 
-pytestmark = pytest.mark.napari
-
-
-@pytest.fixture(autouse=True)
-def _clean_registry():
-    REGISTRY.clear()
-    yield
-    REGISTRY.clear()
+pytestmark = [pytest.mark.napari, pytest.mark.usefixtures("clean_registry")]
 
 
 def _dock(make_napari_viewer, iterations):

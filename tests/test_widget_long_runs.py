@@ -17,21 +17,7 @@ from napari_shift_equivariance.io import read_image, write_array
 from napari_shift_equivariance.model import ModelConfig, build_model
 from napari_shift_equivariance.segment import segment
 
-pytestmark = pytest.mark.napari
-
-
-@pytest.fixture(autouse=True)
-def _clean_registry():
-    REGISTRY.clear()
-    yield
-    REGISTRY.clear()
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    seen: list[str] = []
-    monkeypatch.setattr(_common, "show_error", seen.append)
-    return seen
+pytestmark = [pytest.mark.napari, pytest.mark.usefixtures("clean_registry")]
 
 
 def tiny_model(seed: int = 0):

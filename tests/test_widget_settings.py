@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from napari_shift_equivariance._widgets import SegmentWidget, TrainWidget, _common
+from napari_shift_equivariance._widgets import SegmentWidget, TrainWidget
 from napari_shift_equivariance._widgets._registry import REGISTRY, ModelSource
 from napari_shift_equivariance._widgets._settings import (
     ENV_DIR,
@@ -27,19 +27,7 @@ from napari_shift_equivariance.model import ModelConfig, build_model, save_model
 from napari_shift_equivariance.options import PADS, SCOPES, STITCH_MODES
 from napari_shift_equivariance.segment import segment
 
-
-@pytest.fixture(autouse=True)
-def _clean_registry():
-    REGISTRY.clear()
-    yield
-    REGISTRY.clear()
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    seen: list[str] = []
-    monkeypatch.setattr(_common, "show_error", seen.append)
-    return seen
+pytestmark = pytest.mark.usefixtures("clean_registry")
 
 
 def tiny_model(depth: int = 2, seed: int = 0, **extra):

@@ -15,7 +15,7 @@ import pytest
 from napari.layers import Image, Labels, Shapes
 
 from napari_shift_equivariance import _sample_data as samples
-from napari_shift_equivariance._widgets import ScrollDock, SegmentWidget, TrainWidget, _common
+from napari_shift_equivariance._widgets import ScrollDock, SegmentWidget, TrainWidget
 from napari_shift_equivariance._widgets._registry import REGISTRY, ModelSource
 from napari_shift_equivariance._widgets._results import _grid
 from napari_shift_equivariance._widgets.segment_widget import FILE, OFF_GRID, ON_GRID, RANDOM
@@ -24,28 +24,13 @@ from napari_shift_equivariance.model import ModelConfig, build_model, save_model
 from napari_shift_equivariance.segment import segment
 from napari_shift_equivariance.tiling import plan_tiles
 
-pytestmark = pytest.mark.napari
+pytestmark = [pytest.mark.napari, pytest.mark.usefixtures("clean_registry")]
 
 DOCS = Path(__file__).resolve().parents[1] / "docs" / "images"
 PLUGIN = "napari-shift-equivariance"
 
 
 # -- fixtures --------------------------------------------------------------------------------
-
-
-@pytest.fixture(autouse=True)
-def _clean_registry():
-    REGISTRY.clear()
-    yield
-    REGISTRY.clear()
-
-
-@pytest.fixture
-def errors(monkeypatch):
-    """Messages the widgets show with napari's show_error (one line each)."""
-    seen: list[str] = []
-    monkeypatch.setattr(_common, "show_error", seen.append)
-    return seen
 
 
 @pytest.fixture
