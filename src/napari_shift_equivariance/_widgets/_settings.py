@@ -214,6 +214,30 @@ class DockSettings:
         return path
 
 
+class SettingsOwner:
+    """A dock whose form is a :class:`DockSettings`: loading the last session's values or the
+    defaults sets ``_restoring`` meanwhile, so that change handlers do not take them for the
+    user's, then calls ``_settings_applied``."""
+
+    _restoring = False
+    settings: DockSettings
+
+    def _load_settings(self, how: str) -> None:
+        self._restoring = True
+        try:
+            getattr(self.settings, how)()  # "start" or "restore_defaults"
+        finally:
+            self._restoring = False
+        self._settings_applied()
+
+    def _settings_applied(self) -> None:
+        """What the dock updates once its values are loaded."""
+
+    def restore_defaults(self, *_: Any) -> None:
+        """Every setting of this dock back to its default (remembered as such)."""
+        self._load_settings("restore_defaults")
+
+
 def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)

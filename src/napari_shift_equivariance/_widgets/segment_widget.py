@@ -51,6 +51,7 @@ from ._results import ResultViews, _display_arrays
 from ._settings import (
     Auto,
     DockSettings,
+    SettingsOwner,
     activity_bar_setting,
     build,
     model_file_setting,
@@ -170,7 +171,7 @@ def tile_rectangles(plan: TilePlan, context: bool = False) -> tuple[list[np.ndar
     return [r for r, _ in values], [on for _, on in values]
 
 
-class SegmentWidget(Container, ResultViews):
+class SegmentWidget(SettingsOwner, Container, ResultViews):
     """Segment an image layer with tile-and-stitch; preview tiles; compare naive vs correct."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -180,7 +181,6 @@ class SegmentWidget(Container, ResultViews):
         self.job: Job | None = None
         self.last_result: Any = None
         self._hidden_for_grid: dict[int, tuple[Any, bool]] = {}
-        self._restoring = False
 
         self.image = ComboBox(label="Image", choices=lambda _w: image_choices(self.viewer),
                               nullable=False)
@@ -246,20 +246,9 @@ class SegmentWidget(Container, ResultViews):
         self.view.changed.connect(self._apply_view)
         connect_while_alive(self, REGISTRY.changed, self._on_registry_changed)
         detach_on_close(self)
-        self._restoring = True
-        try:
-            self.settings.start()  # the values of the last session, else the defaults
-        finally:
-            self._restoring = False
-        self._on_model_changed()
+        self._load_settings("start")  # the values of the last session, else the defaults
 
-    def restore_defaults(self, *_: Any) -> None:
-        """Every setting of this dock back to its default (remembered as such)."""
-        self._restoring = True
-        try:
-            self.settings.restore_defaults()
-        finally:
-            self._restoring = False
+    def _settings_applied(self) -> None:
         self._on_model_changed()
 
     # -- model and geometry ------------------------------------------------------------

@@ -49,6 +49,7 @@ from ._registry import (
 )
 from ._settings import (
     DockSettings,
+    SettingsOwner,
     activity_bar_setting,
     build,
     model_file_setting,
@@ -139,7 +140,7 @@ class _Pair(Container):
         self.margins = (0, 0, 0, 0)
 
 
-class TrainWidget(Container):
+class TrainWidget(SettingsOwner, Container):
     """Train (or fine-tune) an embedding U-Net on Image + Labels layers with a live loss curve."""
 
     def __init__(self, napari_viewer: Any) -> None:
@@ -147,7 +148,6 @@ class TrainWidget(Container):
         self.viewer = napari_viewer
         self.job: Job | None = None
         self._running = False
-        self._restoring = False
         self.model: UNet | None = None
         self.model_name: str | None = None
         self.history: list[dict] = []
@@ -211,20 +211,9 @@ class TrainWidget(Container):
         connect_while_alive(self, REGISTRY.changed, self._on_registry_changed)
         detach_on_close(self)
         connect_while_alive(self, REGISTRY.geometry_chosen, self._follow_geometry)
-        self._restoring = True
-        try:
-            self.settings.start()  # the values of the last session, else the defaults
-        finally:
-            self._restoring = False
-        self._on_init_changed(keep_window=True)
+        self._load_settings("start")  # the values of the last session, else the defaults
 
-    def restore_defaults(self, *_: Any) -> None:
-        """Every setting of this dock back to its default (remembered as such)."""
-        self._restoring = True
-        try:
-            self.settings.restore_defaults()
-        finally:
-            self._restoring = False
+    def _settings_applied(self) -> None:
         self._on_init_changed(keep_window=True)
 
     # -- form --------------------------------------------------------------------------
