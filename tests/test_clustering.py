@@ -117,6 +117,19 @@ def test_groups_are_independent_even_on_a_continuum():
         assert adjusted_rand_score(alone, together[m]) == 1.0, k
 
 
+def test_groups_are_independent_with_tied_coordinates():
+    # Tied coordinates leave the k-d order to the bins' order, which must not come from a hash
+    # of the group numbers: group 5 here once got other labels alone than with the others.
+    rng = np.random.default_rng(2)
+    sizes = rng.integers(20, 1500, 30)
+    x = (rng.integers(0, 60, (int(sizes.sum()), 3)) * 0.1).astype(np.float32)
+    groups = np.repeat(np.arange(len(sizes)), sizes)
+    together = mean_shift(x, 0.7, "cpu", groups=groups)
+    for k in (4, 5, 6):
+        m = groups == k
+        assert adjusted_rand_score(mean_shift(x[m], 0.7, "cpu"), together[m]) == 1.0, k
+
+
 def test_single_point_and_duplicates():
     assert mean_shift(np.zeros((1, 3)), 1.0, "cpu").tolist() == [0]
     assert mean_shift(np.ones((50, 2)), 1.0, "cpu").tolist() == [0] * 50

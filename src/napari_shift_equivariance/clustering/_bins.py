@@ -24,12 +24,14 @@ def first_of_each(k: np.ndarray) -> np.ndarray:
 def bins(k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Group equal integer rows: ``(order, starts, first)``.
 
-    ``order`` lists the rows bin after bin, bin ``i`` at ``order[starts[i]:starts[i + 1]]``;
-    ``first`` is each bin's lowest row number. Rows are matched by a 64-bit hash, checked
-    with a second, independent hash (the exact, slow way only on a collision).
+    ``order`` lists the rows bin after bin, bin ``i`` at ``order[starts[i]:starts[i + 1]]``,
+    the bins in the order of their lowest row number ``first`` and each bin's rows in
+    increasing order (so that neither depends on the hash, whose values change with the
+    group numbers: a group's bins come in the same order alone or with others). Rows are
+    matched by a 64-bit hash, checked with a second, independent hash (the exact, slow way
+    only on a collision).
     """
     h = hash_rows(k)
-    # stable: a bin's rows keep their order, so a group's tiles are the same in any company
     order = np.argsort(h, kind="stable")
     hs = h[order]
     new = np.r_[True, hs[1:] != hs[:-1]]
@@ -40,7 +42,11 @@ def bins(k: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         hs = inv.reshape(-1)[order]
         new = np.r_[True, hs[1:] != hs[:-1]]
     starts = np.flatnonzero(new)
-    return order, starts, np.minimum.reduceat(order, starts)
+    first = np.minimum.reduceat(order, starts)
+    by_first = np.argsort(first)
+    size = np.diff(np.r_[starts, len(order)])[by_first]
+    order = order[ranges(starts[by_first], size)]
+    return order, np.r_[0, np.cumsum(size)[:-1]], first[by_first]
 
 
 def ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
