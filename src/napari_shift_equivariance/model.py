@@ -20,6 +20,7 @@ from . import __version__
 from .errors import NSEError
 from .geometry import UNetGeometry, as_tuple
 from .loss import DEFAULT_DELTA_D, DEFAULT_DELTA_V
+from .options import check_known_fields
 
 FORMAT = "napari-shift-equivariance/model"
 FORMAT_VERSION = 1
@@ -76,10 +77,7 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> ModelConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise NSEError(f"model configuration has unknown keys {sorted(unknown)}")
+        check_known_fields(cls, d, "model configuration keys")
         return cls(**d)
 
 

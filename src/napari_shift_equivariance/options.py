@@ -32,6 +32,13 @@ DEFAULT_FG_THRESHOLD = 0.5
 CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size")
 
 
+def check_known_fields(cls: type, d: Mapping[str, Any], what: str) -> None:
+    """One clear error when a dict meant for dataclass ``cls`` has keys it does not know."""
+    unknown = sorted(set(d) - {f.name for f in dataclasses.fields(cls)})
+    if unknown:
+        raise NSEError(f"unknown {what} {unknown}")
+
+
 def _choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:
         raise NSEError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
@@ -59,10 +66,7 @@ class _Options:
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any]):
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - names)
-        if unknown:
-            raise NSEError(f"unknown {cls.__name__} option(s): {', '.join(unknown)}")
+        check_known_fields(cls, d, f"{cls.__name__} options")
         return cls(**dict(d))
 
     def replace(self, **changes: Any):

@@ -15,6 +15,7 @@ from ..augment import ELASTIC_DEFAULTS
 from ..errors import NSEError
 from ..loss import DEFAULT_DELTA_D, DEFAULT_DELTA_V
 from ..model import UNet
+from ..options import check_known_fields
 
 ProgressFn = Callable[[dict], None]
 BACKGROUNDS = ("ignore", "instance")
@@ -138,10 +139,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(d) - names
-        if unknown:
-            raise NSEError(f"unknown training settings {sorted(unknown)}")
+        check_known_fields(cls, d, "training settings")
         tuples = ("intensity_scale", "intensity_offset", "noise_std")
         return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in d.items()})
 
