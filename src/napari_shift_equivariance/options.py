@@ -157,6 +157,15 @@ class ClusterOptions(_Options):
         return self.replace(**changes) if changes else self
 
 
+def cluster_options(cluster: ClusterOptions | None = None, **overrides: Any) -> ClusterOptions:
+    """``cluster`` (default: all defaults) with the keyword values that are not None."""
+    base = ClusterOptions() if cluster is None else cluster
+    if not isinstance(base, ClusterOptions):
+        raise NSEError(f"cluster must be a ClusterOptions, got {type(base).__name__}")
+    changes = {k: v for k, v in overrides.items() if v is not None}
+    return base.replace(**changes) if changes else base
+
+
 def _model_bandwidth(config: Any) -> float:
     """The model's calibrated bandwidth, or else the one its loss margins imply."""
     from .clustering import estimate_bandwidth_from_margins

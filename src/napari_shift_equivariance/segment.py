@@ -20,7 +20,7 @@ import numpy as np
 from .data import relabel_sequential
 from .errors import Cancelled, NSEError
 from .model import ModelConfig, UNet, load_model
-from .options import DEFAULT_MIN_SIZE, SCOPES, ClusterOptions
+from .options import DEFAULT_MIN_SIZE, SCOPES, ClusterOptions, cluster_options
 from .predict import Predictor
 from .tiling import TilePlan
 
@@ -58,22 +58,6 @@ def default_bandwidth(config: ModelConfig) -> float:
     """The model's calibrated bandwidth (``config.extra["bandwidth"]``, set by training
     calibration) or else one from the loss margins."""
     return float(ClusterOptions().resolve(config).bandwidth)
-
-
-def cluster_options(cluster: ClusterOptions | None = None, **overrides: Any) -> ClusterOptions:
-    """``cluster`` (default: all defaults) with the keyword values that are not None."""
-    base = ClusterOptions() if cluster is None else cluster
-    if not isinstance(base, ClusterOptions):
-        raise NSEError(f"cluster must be a ClusterOptions, got {type(base).__name__}")
-    changes = {k: v for k, v in overrides.items() if v is not None}
-    return base.replace(**changes) if changes else base
-
-
-def check_options(bandwidth: float | None, scope: str, min_size: int | None,
-                  fg_threshold: float | None) -> None:
-    """One clear error for each bad clustering option."""
-    ClusterOptions(bandwidth=bandwidth, scope=scope, min_size=min_size,
-                   fg_threshold=fg_threshold)
 
 
 def instances_from_prediction(

@@ -41,7 +41,7 @@ from ..clustering import components, drop_small, foreground_points, mean_shift
 from ..errors import Cancelled, NSEError, is_cancelled
 from ..io import check_image, read_image
 from ..model import UNet, load_model
-from ..options import ClusterOptions
+from ..options import ClusterOptions, cluster_options
 from ..predict import AxisLayout, Predictor, auto_batch_size, axis_layout
 from .merge import merge_placeholders
 from .plan import Block, BlockPlan, plan_blocks
@@ -354,8 +354,6 @@ class LocalExecutor:
 
 def _resolve_cluster(model: UNet, cluster: ClusterOptions | None, **overrides: Any
                      ) -> ClusterOptions:
-    from ..segment import cluster_options
-
     opts = cluster_options(cluster, **overrides).resolve(model.config)
     if opts.scope != "component":
         raise NSEError(f"blockwise segmentation is exact for scope 'component' only, "
