@@ -130,6 +130,50 @@ def test_groups_are_independent_with_tied_coordinates():
         assert adjusted_rand_score(mean_shift(x[m], 0.7, "cpu"), together[m]) == 1.0, k
 
 
+def _threads(n):
+    class Threads:
+        def __enter__(self):
+            self.saved = torch.get_num_threads()
+            torch.set_num_threads(n)
+
+        def __exit__(self, *exc):
+            torch.set_num_threads(self.saved)
+    return Threads()
+
+
+def test_groups_in_threads_give_the_same_labels(monkeypatch):
+    # With more than one torch thread, runs of groups are clustered in parallel threads; the
+    # labels (numbers included) must be those of one call, and progress must still complete.
+    from napari_shift_equivariance.clustering import meanshift
+
+    rng = np.random.default_rng(3)
+    sizes = rng.integers(20, 800, 40)
+    x = rng.normal(0, 2, (int(sizes.sum()), 4)).astype(np.float32)
+    groups = np.repeat(rng.permutation(len(sizes)), sizes)  # groups not in order
+    with _threads(1):
+        one = mean_shift(x, 0.9, "cpu", groups=groups)
+    monkeypatch.setattr(meanshift, "_PARALLEL_MIN", 500)
+    calls, seen = [], []
+    real = meanshift._mean_shift
+    monkeypatch.setattr(meanshift, "_mean_shift", lambda *a: calls.append(len(a[0])) or real(*a))
+    with _threads(3):
+        split = mean_shift(x, 0.9, "cpu", groups=groups,
+                           progress=lambda d, t: seen.append(d))
+        assert torch.get_num_threads() == 3  # restored
+    assert len(calls) == 3 and sum(calls) == len(x)
+    np.testing.assert_array_equal(one, split)
+    assert seen[-1] == 100 and seen == sorted(seen)
+
+
+def test_small_inputs_stay_in_one_thread(monkeypatch):
+    from napari_shift_equivariance.clustering import meanshift
+
+    assert meanshift._parts(np.repeat(np.arange(10), 100), 4) == []  # too few points
+    assert meanshift._parts(np.zeros(200_000, np.int64), 4) == []  # one group
+    parts = meanshift._parts(np.repeat(np.arange(8), 25_000), 2)
+    assert [len(p) for p in parts] == [100_000, 100_000]
+
+
 def test_single_point_and_duplicates():
     assert mean_shift(np.zeros((1, 3)), 1.0, "cpu").tolist() == [0]
     assert mean_shift(np.ones((50, 2)), 1.0, "cpu").tolist() == [0] * 50

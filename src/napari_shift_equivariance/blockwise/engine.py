@@ -6,15 +6,15 @@ Four stages, each a set of independent tasks (run in this process or on dask wor
     Per block: predict its tiles (exactly the tiles of the whole-image plan that lie in the
     block), threshold the foreground and label its connected components. Components that touch
     no internal block face are whole; they are clustered here and numbered ``1..k``. The others
-    (*placeholders*, numbered ``k+1..k+m``) keep their embeddings in the scratch array ``emb``
-    and their face layers in the block's done marker. (``nse predict``: only the prediction,
+    (*placeholders*, numbered ``k+1..k+m``) keep their voxels, embeddings and face layers in
+    the block's done marker. (``nse predict``: only the prediction,
     written to the output.)
 ``merge``
     In the driver: placeholders that touch across faces are joined (:mod:`.merge`), so every
     crossing component is known exactly; the block holding its first voxel (C order) owns it.
 ``cluster``
     Per owner block: each owned component is clustered once, from the embeddings of all its
-    voxels read back from ``emb`` in C order, as :func:`segment` clusters it in memory.
+    voxels read back from the markers in C order, as :func:`segment` clusters it in memory.
 ``write``
     Per block: the final uint32 labels, numbered ``1..K`` over the image, one chunk per block.
 
@@ -247,9 +247,16 @@ def task_label(key: str, index: int) -> int:
         number = np.zeros(n + 1, np.uint32)
         number[ids] = np.arange(1, m + 1, dtype=np.uint32)
         ph = number[comp]  # 1..m on placeholders
-        local[ph > 0] = ph[ph > 0] + k
-        emb = y[:-1] * (ph > 0)
-        _write(job.store.scratch("emb"), (slice(None), *block.slices), emb, job.store.work)
+        on = ph > 0
+        local[on] = ph[on] + k
+        # the placeholders' voxels, by placeholder then C order, with their embeddings: all
+        # that the cluster stage needs, read back without touching the block's chunks
+        ph_flat = np.flatnonzero(on)
+        by_ph = np.argsort(ph.ravel()[ph_flat], kind="stable")
+        ph_flat = ph_flat[by_ph]
+        marker["ph_points"] = y[:-1].reshape(len(y) - 1, -1)[:, ph_flat].T
+        marker["ph_index"] = ph_flat
+        marker["ph_starts"] = np.searchsorted(ph.ravel()[ph_flat], np.arange(1, m + 2))
         objects = [o for i, o in enumerate(ndimage.find_objects(comp), start=1) if touch[i]]
         begin = np.asarray(block.write_roi.begin)
         marker["lo"] = np.array([[s.start for s in o] for o in objects]) + begin
@@ -274,24 +281,33 @@ def task_cluster(key: str, owner: int, comps: list[list[tuple[int, int, list, li
     """Stage ``cluster``: the components ``owner`` owns, each once, from all its voxels.
 
     ``comps``: per component, its placeholders as ``(block, local id, lo, hi)`` (bounding box
-    in image coordinates)."""
+    in image coordinates). Their voxels and embeddings come from the blocks' done markers."""
     job = _job(key)
     plan = job.plan
-    local_z, emb_z = job.store.scratch("local"), job.store.scratch("emb")
+    saved: dict[int, dict[str, np.ndarray]] = {}
+
+    def voxels(b: int, lid: int) -> tuple[np.ndarray, np.ndarray]:
+        """Embeddings and image-wide C-order positions of placeholder ``lid`` of block ``b``."""
+        if b not in saved:
+            with np.load(job.store.marker("predict", b)) as f:
+                saved[b] = {n: f[n] for n in ("k", "ph_points", "ph_index", "ph_starts")}
+        f, block = saved[b], plan[b]
+        i = lid - int(f["k"]) - 1
+        s = slice(int(f["ph_starts"][i]), int(f["ph_starts"][i + 1]))
+        local = np.unravel_index(f["ph_index"][s], block.write_roi.shape)
+        at = [ix + int(a) for ix, a in zip(local, block.write_roi.begin)]
+        lead = [np.full(len(at[0]), v) for v in block.lead]
+        return f["ph_points"][s], np.ravel_multi_index((*lead, *at), plan.shape)
+
     points, groups, spans = [], [], []
     start = 0
     for c, members in enumerate(comps):
         flats, pts, sizes = [], [], []
-        for b, lid, lo, hi in members:
-            lead = plan[b].lead
-            box = tuple(slice(int(a), int(z)) for a, z in zip(lo, hi))
-            mask = np.asarray(local_z[(*lead, *box)]) == lid
-            e = np.asarray(emb_z[(slice(None), *lead, *box)])
-            pts.append(e[:, mask].T)
-            nz = [ix + int(a) for ix, a in zip(np.nonzero(mask), lo)]
-            lead_ix = [np.full(len(nz[0]), v) for v in lead]
-            flats.append(np.ravel_multi_index((*lead_ix, *nz), plan.shape))
-            sizes.append(len(nz[0]))
+        for b, lid, _, _ in members:
+            e, flat = voxels(b, lid)
+            pts.append(e)
+            flats.append(flat)
+            sizes.append(len(flat))
         flat = np.concatenate(flats)
         order = np.argsort(flat, kind="stable")  # the component's voxels in C order
         points.append(np.concatenate(pts)[order])
@@ -438,8 +454,7 @@ def run_blockwise(
         scratch: dict = {}
     else:
         shape, chunks, dtype = plan.shape, plan.chunks, "uint32"
-        scratch = {"local": (plan.shape, plan.chunks, "uint32"),
-                   "emb": ((C - 1, *plan.shape), (C - 1, *plan.chunks), "float32")}
+        scratch = {"local": (plan.shape, plan.chunks, "uint32")}
     paths, complete = open_store(out, shape=shape, chunks=chunks, dtype=dtype,
                                  manifest=manifest, scratch=scratch, resume=resume,
                                  overwrite=overwrite, omezarr_name=omezarr_name)

@@ -157,36 +157,34 @@ class Tiles:
 
 
 def pairs(ctx: Context, qt: Tiles, pt: Tiles, radius: float | None):
-    """Yield ``(qi, pi)``, sorted by ``qi``: tile pairs of overlapping groups whose boxes are
+    """Yield ``(qi, pi)``, sorted by ``qi``: tile pairs of the same group whose boxes are
     within ``radius``; all pairs of a query tile come in one piece.
 
-    Tiles are sorted by group, so the candidates of a run of query tiles are one range of
-    point tiles; each run is tested against its range as one broadcast.
+    A tile holds one group and tiles are sorted by group, so the candidates of a query tile
+    are one range of point tiles; only those pairs are tested (as many query tiles at once as
+    the chunk size allows).
     """
     first = np.searchsorted(pt.ghi, qt.glo, "left")
-    last = np.maximum(np.searchsorted(pt.glo, qt.ghi, "right"), first)
+    count = np.maximum(np.searchsorted(pt.glo, qt.ghi, "right"), first) - first
+    ends = np.cumsum(count)
     budget = max(1, ctx.chunk // (pt.y.shape[2] + 1))
     a, nq = 0, len(first)
     while a < nq:
-        c = nq
-        while c - a > 1 and (c - a) * (last[c - 1] - first[a]) > budget:
-            c = a + (c - a) // 2
-        p0, p1 = int(first[a]), int(last[c - 1])
-        if p1 > p0:
-            qs, ps = slice(a, c), slice(p0, p1)
-            if qt.glo[a] == qt.ghi[c - 1] == pt.glo[p0] == pt.ghi[p1 - 1]:  # one group
-                ok = torch.ones(c - a, p1 - p0, dtype=torch.bool, device=ctx.dev)
-            else:
-                ok = torch.from_numpy((qt.glo[qs, None] <= pt.ghi[None, ps])
-                                      & (pt.glo[None, ps] <= qt.ghi[qs, None])).to(ctx.dev)
+        base = int(ends[a - 1]) if a else 0
+        c = max(a + 1, int(np.searchsorted(ends, base + budget, "right")))
+        n = int(ends[c - 1]) - base
+        if n:
+            cnt = count[a:c]
+            qi = np.repeat(np.arange(a, c), cnt)
+            pi = np.arange(n) + np.repeat(first[a:c] - (ends[a:c] - cnt - base), cnt)
+            qi, pi = torch.from_numpy(qi).to(ctx.dev), torch.from_numpy(pi).to(ctx.dev)
             if radius is not None:
-                gap = torch.maximum(qt.lo[qs].unsqueeze(1) - pt.hi[ps].unsqueeze(0),
-                                    pt.lo[ps].unsqueeze(0) - qt.hi[qs].unsqueeze(1))
+                gap = torch.maximum(qt.lo[qi] - pt.hi[pi], pt.lo[pi] - qt.hi[qi])
                 # slack for float32 rounding
-                ok &= (gap.clamp_min_(0).square_().sum(2)) <= (radius + 1e-3) ** 2
-            qi, pi = ok.nonzero(as_tuple=True)
+                ok = gap.clamp_min_(0).square_().sum(1) <= (radius + 1e-3) ** 2
+                qi, pi = qi[ok], pi[ok]
             if len(qi):
-                yield qi + a, pi + p0
+                yield qi, pi
         a = c
 
 

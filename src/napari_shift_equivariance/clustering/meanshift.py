@@ -31,12 +31,15 @@ iteration. Distance blocks are bounded by ``chunk_size`` elements.
 Points carry an optional group: points of different groups never meet, and the result for
 one group does not depend on the other groups of the call (each group is centred on its own
 mean, and the choices between code paths are made per group), so components clustered in one
-call or in several calls get the same clusters.
+call or in several calls get the same clusters. That is also what lets the CPU use several
+cores: with more than one torch thread (the caller's setting), runs of groups of at least
+50,000 points each are clustered in parallel threads, with the labels of one call.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import threading
 
@@ -70,6 +73,7 @@ _COARSE_MIN = 50_000  # ...and at least this many points (it can change the resu
 # delicate cases, such as overlapping blobs, and pays off only for large inputs)
 _LEAF = {"cpu": (16, 64), "other": (64, 256)}  # rows per tile: (queries, points)
 _CHUNK = {"cpu": 2**21, "other": 2**26}  # elements per distance block
+_PARALLEL_MIN = 50_000  # points per thread, at least, when groups are clustered in threads
 
 
 def estimate_bandwidth_from_margins(delta_v: float, delta_d: float) -> float:
@@ -167,8 +171,69 @@ def mean_shift(
     chunk = int(chunk_size) if chunk_size is not None else _CHUNK[kind]
     ctx = Context(dev, *_LEAF[kind], chunk, int(max_iter), progress, cancel)
     g = np.zeros(len(x), np.int64) if groups is None else groups.astype(np.int64)
-    with _numerics(dev):
-        return _mean_shift(x, g, b, int(min_bin_freq), ctx)
+    with _numerics(dev) as threads:
+        parts = _parts(g, threads) if dev.type == "cpu" else []
+        if len(parts) < 2:
+            lab, n_modes = _mean_shift(x, g, b, int(min_bin_freq), ctx)
+        else:
+            lab, n_modes = _in_threads(x, g, b, int(min_bin_freq), ctx, parts)
+    ctx.report(100)
+    return _by_size(lab, n_modes)
+
+
+def _parts(g: np.ndarray, threads: int) -> list[np.ndarray]:
+    """Rows of up to ``threads`` runs of consecutive groups with about equal points, for
+    mean-shift in threads (groups are independent); none when the work is too small to pay."""
+    n = len(g)
+    k = min(int(threads), n // _PARALLEL_MIN)
+    if k < 2:
+        return []
+    gid, inv, count = np.unique(g, return_inverse=True, return_counts=True)
+    if len(gid) < 2:
+        return []
+    # cut after the group (in group order) whose running point count reaches i * n / k
+    cut = np.searchsorted(np.cumsum(count), np.arange(1, k) * n / k)
+    part_of_group = np.searchsorted(cut, np.arange(len(gid)), "left")
+    part = part_of_group[inv.reshape(-1)]
+    return [r for r in (np.flatnonzero(part == i) for i in range(part.max() + 1)) if len(r)]
+
+
+def _in_threads(x, g, b, min_bin_freq, ctx: Context, parts: list[np.ndarray]):
+    """:func:`_mean_shift` on runs of groups in parallel threads (torch and numpy release the
+    GIL). Modes are numbered by group first, so the runs' modes, laid end to end in group
+    order, are numbered as one call numbers them: the labels are the same."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    lock, done = threading.Lock(), np.zeros(len(parts))
+    weight = np.array([len(r) for r in parts], float) / len(x)
+
+    def report(i: int, d: int, _total: int) -> None:
+        with lock:
+            done[i] = d
+            ctx.report(float(done @ weight))
+
+    def run(i: int):
+        sub = Context(ctx.dev, ctx.leaf_q, ctx.leaf_p, ctx.chunk, ctx.max_iter,
+                      None if ctx.progress is None else functools.partial(report, i),
+                      ctx.cancel)
+        return _mean_shift(x[parts[i]], g[parts[i]], b, min_bin_freq, sub)
+
+    with ThreadPoolExecutor(len(parts), thread_name_prefix="nse-meanshift") as pool:
+        results = list(pool.map(run, range(len(parts))))
+    lab = np.empty(len(x), np.int64)
+    offset = 0
+    for rows, (sub_lab, n_modes) in zip(parts, results):
+        lab[rows] = sub_lab + offset
+        offset += n_modes
+    return lab, offset
+
+
+def _by_size(lab: np.ndarray, n_modes: int) -> np.ndarray:
+    """Mode numbers as cluster labels by decreasing size; ties keep the mode order."""
+    sizes = np.bincount(lab, minlength=n_modes)
+    rank = np.empty(n_modes, np.int64)
+    rank[np.argsort(-sizes, kind="stable")] = np.arange(n_modes)
+    return rank[lab]
 
 
 _NUMERICS = {"lock": threading.Lock(), "users": 0, "saved": None}
@@ -179,8 +244,9 @@ def _numerics(dev: torch.device):
     """Global torch settings for the duration of a mean-shift (the first of overlapping calls
     saves them, the last one restores them).
 
-    On CPU, one thread: the blocks are small, and synchronising OpenMP threads costs more than
-    it saves (many times more on a machine busy with other work). Elsewhere, full float32
+    On CPU, one thread per torch op: the blocks are small, and synchronising OpenMP threads
+    costs more than it saves (many times more on a machine busy with other work); the caller's
+    thread count (yielded) is used instead for groups in parallel threads. Elsewhere, full float32
     matrix products: squared distances come from ``|q|^2 + |p|^2 - 2 q.p``, which TF32 (often
     enabled for networks) would spoil.
     """
@@ -192,7 +258,7 @@ def _numerics(dev: torch.device):
             torch.set_float32_matmul_precision("highest")
         _NUMERICS["users"] += 1
     try:
-        yield
+        yield _NUMERICS["saved"][0]
     finally:
         with _NUMERICS["lock"]:
             _NUMERICS["users"] -= 1
@@ -411,13 +477,9 @@ def _mean_shift(x: np.ndarray, g: np.ndarray, b: float, min_bin_freq: int, ctx: 
             [kcnt, rcnt[okt]])
         modes, mgrp = _merge(ctx, pos, grp, kcnt)
         lab, _ = _assign(ctx, raw, modes, mgrp)
-    lab = lab.cpu().numpy()
-    # relabel by decreasing cluster size; ties keep the merge order
-    sizes = np.bincount(lab, minlength=len(modes))
-    rank = np.empty(len(modes), np.int64)
-    rank[np.argsort(-sizes, kind="stable")] = np.arange(len(modes))
+    # mode numbers (in merge order: by group, then decreasing count) in the points' order
     out = np.empty(len(x), np.int64)
-    out[raw.rows(raw.idx).cpu().numpy()] = rank[lab]
-    ctx.report(100)
-    return out
+    out[raw.rows(raw.idx).cpu().numpy()] = lab.cpu().numpy()
+    ctx.report(99)
+    return out, len(modes)
 
