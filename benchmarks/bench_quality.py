@@ -111,7 +111,8 @@ def train_model(train_pair, method: str, limit: float):
     seconds = time.perf_counter() - t0
     return result.model, {"seconds": seconds, "iterations": len(result.history),
                           "calibration": {k: result.model.config.extra.get(k)
-                                          for k in ("bandwidth", "fg_threshold", "min_size")}}
+                                          for k in ("bandwidth", "fg_threshold", "min_size",
+                                                    "spatial_radius")}}
 
 
 def seam_figures(model, image: np.ndarray, gt: np.ndarray) -> dict:

@@ -103,6 +103,18 @@ def scores(model) -> dict:
     return out
 
 
+def recalibrate(model, preset: str):
+    """Calibrate on the recipe's validation seeds and store it in ``model``."""
+    val = data(preset, range(VALIDATION_SEED, VALIDATION_SEED + 6))
+    cal = calibrate(model, *val, device="cpu", data=f"{preset} validation seeds "
+                    f"{VALIDATION_SEED}-{VALIDATION_SEED + 5}")
+    cal.apply(model)
+    print(f"calibrated: bandwidth {cal.bandwidth}, fg threshold {cal.fg_threshold}, min size "
+          f"{cal.min_size}, spatial radius {cal.spatial_radius}: validation AP@0.5 "
+          f"{cal.ap:.3f} (uncalibrated {cal.default_ap:.3f}), {cal.seconds:.0f} s", flush=True)
+    return cal
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--preset", choices=sorted(RECIPES), default="default")
@@ -113,6 +125,8 @@ def main() -> int:
     p.add_argument("--time-limit", type=float, help="stop training after this many seconds")
     p.add_argument("--from", dest="init", help="start from this model (fine-tune)")
     p.add_argument("--skip-training", action="store_true", help="evaluate --out only")
+    p.add_argument("--recalibrate", action="store_true",
+                   help="with --skip-training: calibrate --out again (the current grid) first")
     p.add_argument("--checkpoint-dir", help="write checkpoints every 250 iterations here")
     p.add_argument("--json", help="write the figures to this JSON file")
     args = p.parse_args()
@@ -145,10 +159,7 @@ def main() -> int:
                        checkpoint_dir=args.checkpoint_dir)
         seconds = time.perf_counter() - t0
         model = result.model
-        val = data(args.preset, range(VALIDATION_SEED, VALIDATION_SEED + 6))
-        cal = calibrate(model, *val, device="cpu", data=f"{args.preset} validation seeds "
-                        f"{VALIDATION_SEED}-{VALIDATION_SEED + 5}")
-        cal.apply(model)
+        cal = recalibrate(model, args.preset)
         model.config.extra["recipe"] = {"script": "scripts/train_default.py",
                                         "argv": sys.argv[1:], "train_seconds": seconds,
                                         "iterations_done": len(result.history)}
@@ -158,6 +169,11 @@ def main() -> int:
         print(f"wrote {out}: {len(result.history)} iterations, {seconds:.0f} s; calibrated "
               f"bandwidth {model.config.extra.get('bandwidth')}, fg threshold "
               f"{model.config.extra.get('fg_threshold')}", flush=True)
+    if args.skip_training and args.recalibrate:
+        model = load_model(out)
+        cal = recalibrate(model, args.preset)
+        save_model(model, out, overwrite=True)
+        report["calibration"] = cal.to_dict()
     model = load_model(out)
     print(f"held-out AP@0.5 of {out} (zero-shot):", flush=True)
     report["heldout"] = scores(model)

@@ -94,6 +94,20 @@ def test_2d_blockwise_equals_in_memory(tmp_path, case2d, block):
         assert res.info["n_crossing"] > 0  # components do cross block faces
 
 
+@pytest.mark.parametrize("block", [16, (16, 32)])
+def test_spatial_range_clustering_blockwise_equals_in_memory(tmp_path, case2d, block):
+    # positions join the embeddings: blockwise must build the same points from the same
+    # global positions (in the block, and for components read back from several blocks)
+    model, image, kw, _ = case2d
+    kw = {**kw, "spatial_radius": 6.0}
+    ref = segment(model, image, "correct", 8, **kw)
+    plain = segment(model, image, "correct", 8, **{**kw, "spatial_radius": 0})
+    assert ref.n_instances != plain.n_instances  # positions change the clusters here
+    res = segment_blockwise(model, image, tmp_path / "l.zarr", block=block, tile=8, **kw)
+    assert res.info["n_crossing"] > 0 and res.info["spatial_radius"] == 6.0
+    assert same_partition(zarr.open_array(str(tmp_path / "l.zarr"))[:], ref.labels)
+
+
 def test_a_component_larger_than_a_block(tmp_path, case2d):
     from scipy import ndimage
 

@@ -298,6 +298,32 @@ def test_component_scope_keeps_apart_what_global_merges():
     assert np.unique(glob[fg]).tolist() == [1] and (glob[~fg] == 0).all()
 
 
+def test_spatial_radius_keeps_apart_far_objects_with_the_same_embedding():
+    # the paper's capacity limit: equal-looking objects far apart share an embedding, and the
+    # global scope merges them; with positions in the clustering space they stay apart
+    shape = (32, 32)
+    left, right = box(shape, slice(4, 12), slice(2, 12)), box(shape, slice(4, 12), slice(20, 30))
+    emb, fg = embedding_image(shape, [(left, [1.0, 0, 0, 0]), (right, [1.0, 0, 0, 0])])
+    glob = cluster_embeddings(emb, fg, 0.5, scope="global", spatial_radius=6.0, device="cpu")
+    assert len(np.unique(glob[left])) == 1 and len(np.unique(glob[right])) == 1
+    assert glob[left][0] != glob[right][0] and glob.max() == 2
+    # a radius far larger than the image: positions barely matter, one cluster again
+    wide = cluster_embeddings(emb, fg, 0.5, scope="global", spatial_radius=1e4, device="cpu")
+    assert wide.max() == 1
+
+
+def test_spatial_radius_splits_touching_objects_with_the_same_embedding():
+    shape = (16, 40)
+    a, b = box(shape, slice(4, 12), slice(2, 14)), box(shape, slice(4, 12), slice(14, 26))
+    emb, fg = embedding_image(shape, [(a, [1.0, 0, 0, 0]), (b, [1.0, 0, 0, 0])])
+    assert cluster_embeddings(emb, fg, 0.5, device="cpu").max() == 1  # one component, merged
+    split = cluster_embeddings(emb, fg, 0.5, spatial_radius=6.0, device="cpu")
+    major = [np.bincount(split[m]).argmax() for m in (a, b)]
+    assert split.max() >= 2 and major[0] != major[1]
+    with pytest.raises(NSEError, match="spatial radius"):
+        cluster_embeddings(emb, fg, 0.5, spatial_radius=-2, device="cpu")
+
+
 def test_touching_objects_with_different_embeddings_are_split():
     shape = (20, 20)
     a, b = box(shape, slice(2, 18), slice(2, 10)), box(shape, slice(2, 18), slice(10, 18))

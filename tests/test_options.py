@@ -17,13 +17,16 @@ from napari_shift_equivariance.options import (
 
 def test_cluster_options_resolve_from_the_models_calibration():
     cfg = ModelConfig(ndim=2, depth=2, extra={"bandwidth": 2.5, "fg_threshold": 0.3,
-                                              "min_size": 7})
+                                              "min_size": 7, "spatial_radius": 9.0})
     got = ClusterOptions().resolve(cfg)
-    assert (got.bandwidth, got.fg_threshold, got.min_size) == (2.5, 0.3, 7)
+    assert (got.bandwidth, got.fg_threshold, got.min_size, got.spatial_radius) == (
+        2.5, 0.3, 7, 9.0)
     assert got.resolved and not ClusterOptions().resolved
-    # what the user sets wins over the model's
-    mine = ClusterOptions(bandwidth=1.0, fg_threshold=0.6, min_size=0).resolve(cfg)
-    assert (mine.bandwidth, mine.fg_threshold, mine.min_size) == (1.0, 0.6, 0)
+    # what the user sets wins over the model's (0 switches the positions off)
+    mine = ClusterOptions(bandwidth=1.0, fg_threshold=0.6, min_size=0,
+                          spatial_radius=0).resolve(cfg)
+    assert (mine.bandwidth, mine.fg_threshold, mine.min_size, mine.spatial_radius) == (
+        1.0, 0.6, 0, 0.0)
 
 
 def test_cluster_options_without_calibration_use_margins_and_defaults():
@@ -33,6 +36,7 @@ def test_cluster_options_without_calibration_use_margins_and_defaults():
     got = ClusterOptions(scope="block").resolve(cfg)
     assert got.bandwidth == estimate_bandwidth_from_margins(0.5, 3.0)
     assert got.fg_threshold == 0.5 and got.min_size == DEFAULT_MIN_SIZE[3]
+    assert got.spatial_radius == 0.0  # embeddings only
     assert got.block_shape is not None and len(got.block_shape) == 3
 
 
@@ -41,7 +45,8 @@ def test_cluster_options_without_calibration_use_margins_and_defaults():
     ({"bandwidth": "wide"}, "bandwidth"), ({"fg_threshold": 1.0}, "threshold"),
     ({"min_size": -1}, "min size"), ({"min_size": 2.5}, "min size"),
     ({"scope": "everywhere"}, "scope"), ({"backend": "cuda"}, "backend"),
-    ({"block_shape": (8, 0)}, "block shape"),
+    ({"block_shape": (8, 0)}, "block shape"), ({"spatial_radius": -1}, "spatial radius"),
+    ({"spatial_radius": float("inf")}, "spatial radius"), ({"spatial_radius": "far"}, "spatial"),
 ])
 def test_cluster_options_reject_bad_values(kwargs, match):
     with pytest.raises(NSEError, match=match):

@@ -60,12 +60,14 @@ def test_calibration_finds_the_settings_and_beats_the_defaults(scene):
     assert cal.data == "synthetic" and cal.n_images == 1
     assert cal.n_instances == len(np.unique(gt)) - 1
     assert len(cal.scores) < len(cal.grid["bandwidth"]) * len(cal.grid["fg_threshold"]) * len(
-        cal.grid["min_size"])  # coordinate search: not every combination
+        cal.grid["min_size"]) * len(cal.grid["spatial_radius"])  # coordinate search
     best = max(s["ap"] for s in cal.scores)
     assert cal.ap == best
     full = calibrate(model, [gt], [gt], predictions=[pred], search="full", device="cpu")
     assert full.ap >= cal.ap and len(full.scores) == (
-        len(full.grid["bandwidth"]) * len(full.grid["fg_threshold"]) * len(full.grid["min_size"]))
+        len(full.grid["bandwidth"]) * len(full.grid["fg_threshold"]) * len(full.grid["min_size"])
+        * len(full.grid["spatial_radius"]))
+    assert full.grid["spatial_radius"][0] == 0.0 and len(full.grid["spatial_radius"]) > 1
 
 
 def test_calibrated_model_segments_with_its_calibration_never_the_over_splitting_default(
@@ -159,3 +161,22 @@ def test_calibration_time_limit_keeps_the_best_found_so_far(scene):
     assert not cal.complete
     assert {(s["bandwidth"], s["fg_threshold"]) for s in cal.scores} == {
         (round(margin_bandwidth(model.config), 4), 0.5)}  # the default point, tried first
+
+
+def test_calibration_picks_a_spatial_radius_when_embeddings_alone_merge_touching_objects():
+    # every instance has the same embedding: only positions can split touching nuclei
+    _, gt = nuclei((96, 96), radius=(5.0, 7.0), touching=1.0, seed=4)
+    from napari_shift_equivariance.clustering import components
+
+    assert components(gt > 0).max() < len(np.unique(gt)) - 1  # some nuclei do touch
+    rng = np.random.default_rng(1)
+    emb = rng.normal(0, 0.05, (2, *gt.shape))
+    fg = np.where(gt > 0, 0.9, 0.05)
+    pred = np.concatenate([emb, fg[None]]).astype(np.float32)
+    model = tiny_model()
+    cal = calibrate(model, [gt], [gt], predictions=[pred], device="cpu")
+    flat = max(s["ap"] for s in cal.scores if s["spatial_radius"] == 0)
+    assert cal.spatial_radius > 0 and cal.ap > flat
+    cal.apply(model)
+    assert model.config.extra["spatial_radius"] == cal.spatial_radius
+    assert ClusterOptions().resolve(model.config).spatial_radius == cal.spatial_radius

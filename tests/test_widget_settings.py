@@ -192,6 +192,26 @@ def test_auto_uses_the_models_calibration(make_napari_viewer, qtbot):
 
 
 @pytest.mark.napari
+def test_spatial_radius_auto_and_set(make_napari_viewer, qtbot):
+    viewer, w = dock(make_napari_viewer)
+    image, _ = periodic_disks((64, 64), radius=5, spacing=15, noise=0.01, seed=1)
+    viewer.add_image(image, name="disks")
+    model = tiny_model(bandwidth=0.35, fg_threshold=0.3, min_size=4, spatial_radius=7.5)
+    w.model.value = ModelSource.registry(REGISTRY.add(model, "spatial"))
+    assert "spatial radius 7.5 px" in w.cluster_info.value
+    assert w.spatial_radius.spin.value == pytest.approx(7.5)
+    assert w.cluster_options().spatial_radius is None  # auto: resolved from the model
+    w.spatial_radius.value = 0.0  # the user switches positions off
+    assert w.cluster_options().spatial_radius == 0.0
+    w.stitch.value, w.tile.value, w.device.value = "correct", 16, "cpu"
+    job = w.run()
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    assert w.last_result.info["spatial_radius"] == 0.0
+    api = segment(model, image, "correct", 16, device="cpu", spatial_radius=0.0)
+    np.testing.assert_array_equal(viewer.layers["disks labels [correct 16]"].data, api.labels)
+
+
+@pytest.mark.napari
 def test_whole_image_mode(make_napari_viewer, qtbot):
     viewer, w = dock(make_napari_viewer)
     image, _ = periodic_disks((40, 40), radius=5, spacing=15, noise=0.01, seed=1)

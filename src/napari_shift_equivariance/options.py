@@ -6,7 +6,8 @@ they round-trip through plain dicts (``to_dict`` / ``from_dict``) for JSON and s
 
 ``ClusterOptions`` leaves a value ``None`` to mean "the model's": :meth:`ClusterOptions.resolve`
 fills it from the calibration that training stores in ``config.extra`` (``"bandwidth"``,
-``"fg_threshold"``, ``"min_size"``), or else from the loss margins and the defaults below.
+``"fg_threshold"``, ``"min_size"``, ``"spatial_radius"``), or else from the loss margins and
+the defaults below.
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ AMPS = ("none", "bf16", "fp16")
 DEFAULT_MIN_SIZE = {2: 10, 3: 30}
 DEFAULT_FG_THRESHOLD = 0.5
 #: The keys of ``ModelConfig.extra`` that calibration writes and :meth:`resolve` reads.
-CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size")
+CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size", "spatial_radius")
 
 
 def check_known_fields(cls: type, d: Mapping[str, Any], what: str) -> None:
@@ -94,6 +95,12 @@ class ClusterOptions(_Options):
         Block size per spatial axis for ``scope="block"`` (``None``: the default tile).
     backend
         ``"torch"`` (ours) or ``"sklearn"`` (scikit-learn's ``MeanShift``, a slow reference).
+    spatial_radius
+        Spatial-range mean-shift (Comaniciu & Meer): pixels are clustered by their embedding
+        *and* their position, scaled so that ``spatial_radius`` pixels weigh one bandwidth;
+        pixels much further apart than this do not share a kernel. Separates touching or
+        far-apart objects whose embeddings alone do not; about the objects' radius to
+        diameter. ``0``: embeddings only; ``None``: the model's calibrated value, else 0.
     """
 
     bandwidth: float | None = None
@@ -102,6 +109,7 @@ class ClusterOptions(_Options):
     scope: str = "component"
     block_shape: tuple[int, ...] | None = None
     backend: str = "torch"
+    spatial_radius: float | None = None
 
     def __post_init__(self) -> None:
         b = self.bandwidth
@@ -128,6 +136,15 @@ class ClusterOptions(_Options):
             if isinstance(m, bool) or not isinstance(m, int | float) or int(m) != m or m < 0:
                 raise NSEError(f"min size must be a non-negative integer, got {m}")
             object.__setattr__(self, "min_size", int(m))
+        r = self.spatial_radius
+        if r is not None:
+            try:
+                r = float(r)
+            except (TypeError, ValueError):
+                raise NSEError(f"spatial radius must be a number, got {r!r}") from None
+            if not (math.isfinite(r) and r >= 0):
+                raise NSEError(f"spatial radius must be a non-negative number (0: off), got {r}")
+            object.__setattr__(self, "spatial_radius", r)
         _choice("scope", self.scope, SCOPES)
         _choice("backend", self.backend, BACKENDS)
         object.__setattr__(self, "block_shape", _int_tuple("block shape", self.block_shape))
@@ -135,7 +152,8 @@ class ClusterOptions(_Options):
     @property
     def resolved(self) -> bool:
         """Whether every model-dependent value is set."""
-        return None not in (self.bandwidth, self.fg_threshold, self.min_size)
+        return None not in (self.bandwidth, self.fg_threshold, self.min_size,
+                            self.spatial_radius)
 
     def resolve(self, config: Any) -> ClusterOptions:
         """These options with every ``None`` filled from the model ``config``
@@ -150,6 +168,9 @@ class ClusterOptions(_Options):
         if self.min_size is None:
             m = extra.get("min_size")
             changes["min_size"] = int(m) if m is not None else DEFAULT_MIN_SIZE[config.ndim]
+        if self.spatial_radius is None:
+            r = extra.get("spatial_radius")
+            changes["spatial_radius"] = float(r) if r is not None else 0.0
         if self.scope == "block" and self.block_shape is None:
             from .tiling import DEFAULT_TILE
 

@@ -106,7 +106,9 @@ def instances_from_prediction(
             emb = np.ascontiguousarray(prediction[(slice(0, -1), *idx)])
             plane = cluster_embeddings(emb, fg, opts.bandwidth, scope=opts.scope,
                                        min_size=opts.min_size, block_shape=opts.block_shape,
-                                       backend=opts.backend, device=device, progress=inner,
+                                       backend=opts.backend,
+                                       spatial_radius=opts.spatial_radius, device=device,
+                                       progress=inner,
                                        cancel=stop)
             plane, k = relabel_sequential(np.asarray(plane), start=count + 1)
             labels[idx] = plane
@@ -167,6 +169,7 @@ def segment(
     min_size: int | None = None,
     fg_threshold: float | None = None,
     backend: str | None = None,
+    spatial_radius: float | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     amp: str | None = None,
@@ -196,6 +199,9 @@ def segment(
     scope, block_shape, backend
         What mean-shift sees at once (``"component"``, ``"global"`` or ``"block"``), the block
         size for ``"block"``, and the mean-shift implementation (``"torch"``, ``"sklearn"``).
+    spatial_radius
+        Cluster embeddings and pixel positions together, ``spatial_radius`` pixels weighing
+        one bandwidth (spatial-range mean-shift); 0: embeddings only; ``None``: the model's.
     cluster
         The clustering options as one :class:`~.options.ClusterOptions`; the keywords above,
         where given, override it.
@@ -211,7 +217,8 @@ def segment(
     config = model.config
     opts = cluster_options(cluster, bandwidth=bandwidth, scope=scope, min_size=min_size,
                            fg_threshold=fg_threshold, backend=backend,
-                           block_shape=block_shape).resolve(config)
+                           block_shape=block_shape, spatial_radius=spatial_radius
+                           ).resolve(config)
 
     predictor = Predictor(model, device, amp, batch_size, pad)
     plan = predictor.plan(image.shape, mode, tile, channel_axis)
@@ -262,6 +269,7 @@ def segment_prediction(
         "scope": opts.scope,
         "fg_threshold": opts.fg_threshold,
         "backend": opts.backend,
+        "spatial_radius": opts.spatial_radius,
         "cluster": opts.to_dict(),
         "device": str(device),
         "times": {"predict": 0.0, "cluster": t1 - t0, "total": t1 - t0},

@@ -117,6 +117,11 @@ SETTINGS = (
     setting("min_size", Auto, None, label="Min size (px)", spin=SpinBox, auto_text=_AUTO,
             min=0, max=100_000, tooltip="smaller objects become background; auto: the "
             "model's calibrated size, else 10 px (2D) / 30 voxels (3D)"),
+    setting("spatial_radius", Auto, None, label="Spatial radius (px)", auto_text=_AUTO,
+            min=0.0, max=1000.0, step=0.5, tooltip="cluster embeddings and pixel positions "
+            "together, this many pixels weighing one bandwidth (about the objects' radius to "
+            "diameter; separates touching objects); 0: embeddings only; auto: the model's "
+            "calibrated value, else 0"),
     setting("scope", ComboBox, "component", label="Mean-shift scope", choices=list(SCOPES),
             tooltip="cluster each connected foreground component, the whole plane, or "
             "spatial blocks"),
@@ -205,7 +210,8 @@ class SegmentWidget(SettingsOwner, Container, ResultViews):
             self.device,
         ])
         self.options_w = Container(widgets=[
-            self.bandwidth, self.fg_threshold, self.min_size, self.cluster_info, self.scope,
+            self.bandwidth, self.fg_threshold, self.min_size, self.spatial_radius,
+            self.cluster_info, self.scope,
             self.pad, self.batch_size, self.raw_channels, self.context_boxes,
             self.napari_progress, self.defaults_btn,
         ])
@@ -320,7 +326,8 @@ class SegmentWidget(SettingsOwner, Container, ResultViews):
             return
         auto = ClusterOptions().resolve(config)
         for w, value in ((self.bandwidth, auto.bandwidth),
-                         (self.fg_threshold, auto.fg_threshold), (self.min_size, auto.min_size)):
+                         (self.fg_threshold, auto.fg_threshold), (self.min_size, auto.min_size),
+                         (self.spatial_radius, auto.spatial_radius)):
             w.show_auto(value)
         extra = config.extra or {}
         calibrated = [k for k in ("bandwidth", "fg_threshold", "min_size") if k in extra]
@@ -328,7 +335,8 @@ class SegmentWidget(SettingsOwner, Container, ResultViews):
                "not calibrated: bandwidth from the loss margins")
         self.cluster_info.value = (f"auto (model): bandwidth {auto.bandwidth:.3g} · "
                                    f"foreground > {auto.fg_threshold:.2f} · min size "
-                                   f"{auto.min_size} px — {how}")
+                                   f"{auto.min_size} px · spatial radius "
+                                   f"{auto.spatial_radius:.3g} px — {how}")
 
     def _on_registry_changed(self, name: str) -> None:
         self.model.reset_choices()
@@ -539,7 +547,8 @@ class SegmentWidget(SettingsOwner, Container, ResultViews):
         return ClusterOptions(bandwidth=self.bandwidth.value,
                               fg_threshold=self.fg_threshold.value,
                               min_size=None if min_size is None else int(min_size),
-                              scope=str(self.scope.value))
+                              scope=str(self.scope.value),
+                              spatial_radius=self.spatial_radius.value)
 
     def _options(self) -> dict[str, Any]:
         batch = self.batch_size.value

@@ -37,7 +37,14 @@ import numpy as np
 from scipy import ndimage
 
 from .. import normalize
-from ..clustering import components, drop_small, foreground_points, mean_shift
+from ..clustering import (
+    clustering_points,
+    components,
+    drop_small,
+    mean_shift,
+    spatial_scale,
+    with_positions,
+)
 from ..errors import Cancelled, NSEError, is_cancelled
 from ..io import check_image, read_image
 from ..model import UNet, load_model
@@ -204,6 +211,10 @@ def _cluster(job: Job, points: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return mean_shift(points, opts.bandwidth, device, groups=groups)
 
 
+def _spatial(opts: ClusterOptions) -> float:
+    return spatial_scale(opts.bandwidth, opts.spatial_radius or 0.0)
+
+
 def task_predict(key: str, index: int) -> int:
     """Stage ``predict`` of ``nse predict``: write the block's prediction."""
     job = _job(key)
@@ -235,7 +246,8 @@ def task_label(key: str, index: int) -> int:
     local = np.zeros(fg.shape, np.uint32)
     k = 0
     if whole.any():
-        lab = _cluster(job, foreground_points(y[:-1], whole), comp[whole] - 1)
+        pts = clustering_points(y[:-1], whole, _spatial(opts), block.write_roi.begin)
+        lab = _cluster(job, pts, comp[whole] - 1)
         inner = np.zeros(fg.shape, np.int64)
         inner[whole] = lab + 1
         local = drop_small(inner, opts.min_size)
@@ -284,6 +296,7 @@ def task_cluster(key: str, owner: int, comps: list[list[tuple[int, int, list, li
     in image coordinates). Their voxels and embeddings come from the blocks' done markers."""
     job = _job(key)
     plan = job.plan
+    spatial = _spatial(job.cluster)
     saved: dict[int, dict[str, np.ndarray]] = {}
 
     def voxels(b: int, lid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -297,7 +310,10 @@ def task_cluster(key: str, owner: int, comps: list[list[tuple[int, int, list, li
         local = np.unravel_index(f["ph_index"][s], block.write_roi.shape)
         at = [ix + int(a) for ix, a in zip(local, block.write_roi.begin)]
         lead = [np.full(len(at[0]), v) for v in block.lead]
-        return f["ph_points"][s], np.ravel_multi_index((*lead, *at), plan.shape)
+        pts = f["ph_points"][s]
+        if spatial:
+            pts = with_positions(pts, tuple(at), spatial)
+        return pts, np.ravel_multi_index((*lead, *at), plan.shape)
 
     points, groups, spans = [], [], []
     start = 0
@@ -400,6 +416,7 @@ def run_blockwise(
     bandwidth: float | None = None,
     fg_threshold: float | None = None,
     min_size: int | None = None,
+    spatial_radius: float | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     amp: str | None = None,
@@ -440,7 +457,8 @@ def run_blockwise(
     bs = batch_size or auto_batch_size(tiles)
     norm = normalize.normalization_params(arr, cfg.normalization)
     opts = _resolve_cluster(model, cluster, bandwidth=bandwidth, fg_threshold=fg_threshold,
-                            min_size=min_size) if kind == "segment" else None
+                            min_size=min_size, spatial_radius=spatial_radius
+                            ) if kind == "segment" else None
     mkey = model_key(model)
     manifest = {
         "kind": kind, "image_shape": list(arr.shape), "image_dtype": str(arr.dtype),
@@ -461,7 +479,8 @@ def run_blockwise(
     info = {"kind": kind, **plan.to_dict(), "workers": 0, "resumed": False,
             "device": str(predictor.device), "bandwidth": opts.bandwidth if opts else None,
             "fg_threshold": opts.fg_threshold if opts else None,
-            "min_size": opts.min_size if opts else None}
+            "min_size": opts.min_size if opts else None,
+            "spatial_radius": opts.spatial_radius if opts else None}
     if complete:
         if paths.rename and paths.root != paths.final and Path(paths.root).exists():
             finish_store(paths)

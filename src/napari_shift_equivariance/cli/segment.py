@@ -37,6 +37,10 @@ def add_clustering(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="mean-shift implementation: ours (torch, default) or scikit-learn's "
                    "(a slow reference)")
+    p.add_argument("--spatial-radius", type=float, default=None,
+                   help="cluster embeddings and pixel positions together, this many pixels "
+                   "weighing one bandwidth (about the objects' radius to diameter); 0: "
+                   "embeddings only (default: the model's, else 0)")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -92,7 +96,8 @@ def _add_predict_options(p: argparse.ArgumentParser) -> None:
 def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "bandwidth": args.bandwidth, "scope": args.scope, "min_size": args.min_size,
-        "fg_threshold": args.fg_threshold, "backend": args.backend, "device": args.device,
+        "fg_threshold": args.fg_threshold, "backend": args.backend,
+        "spatial_radius": args.spatial_radius, "device": args.device,
         "batch_size": args.batch_size, "pad": args.pad, "channel_axis": args.channel_axis,
     }
 

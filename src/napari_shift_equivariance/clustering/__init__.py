@@ -11,10 +11,19 @@
 
 from __future__ import annotations
 
-from .components import cluster_embeddings, components, drop_small, foreground_points
+from .components import (
+    cluster_embeddings,
+    clustering_points,
+    components,
+    drop_small,
+    foreground_points,
+    spatial_scale,
+    with_positions,
+)
 from .meanshift import estimate_bandwidth_from_margins, mean_shift
 
 __all__ = [
-    "cluster_embeddings", "components", "drop_small", "estimate_bandwidth_from_margins",
-    "foreground_points", "mean_shift",
+    "cluster_embeddings", "clustering_points", "components", "drop_small",
+    "estimate_bandwidth_from_margins", "foreground_points", "mean_shift", "spatial_scale",
+    "with_positions",
 ]

@@ -15,21 +15,24 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .components import Engine, components, foreground_points
+from .components import Engine, clustering_points, components
 from .meanshift import ProgressFn
 
 
 def cluster_blocks(embeddings, fg: np.ndarray, b: float, block_shape: Sequence[int],
-                   engine: Engine, progress: ProgressFn | None = None) -> np.ndarray:
-    """Component-scope clustering block by block, then merging across block faces."""
+                   engine: Engine, progress: ProgressFn | None = None,
+                   spatial: float = 0.0) -> np.ndarray:
+    """Component-scope clustering block by block, then merging across block faces (in the
+    clustering space: with ``spatial``, positions are part of the means compared)."""
     labels = np.zeros(fg.shape, np.uint32)
     origins = list(itertools.product(*(range(0, s, k) for s, k in zip(fg.shape, block_shape))))
-    sums, counts, nlab = [np.zeros((1, embeddings.shape[0]))], [np.ones(1)], 1
+    width = embeddings.shape[0] + (fg.ndim if spatial else 0)
+    sums, counts, nlab = [np.zeros((1, width))], [np.ones(1)], 1
     for i, origin in enumerate(origins):
         box = tuple(slice(o, o + k) for o, k in zip(origin, block_shape))
         f = fg[box]
         if f.any():
-            pts = foreground_points(embeddings[(slice(None), *box)], f)
+            pts = clustering_points(embeddings[(slice(None), *box)], f, spatial, origin)
             lab = engine(pts, b, groups=components(f)[f] - 1)
             k = int(lab.max()) + 1
             part = labels[box]

@@ -31,6 +31,7 @@ def cluster_embeddings(
     block_shape: Sequence[int] | None = None,
     min_size: int = 0,
     backend: str = "torch",
+    spatial_radius: float = 0.0,
     device: str | torch.device = "auto",
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
@@ -61,6 +62,9 @@ def cluster_embeddings(
     backend
         ``"torch"`` (:func:`mean_shift`) or ``"sklearn"`` (scikit-learn's ``MeanShift``, a
         slow reference for comparisons; see :mod:`.reference`).
+    spatial_radius
+        ``> 0``: cluster ``[embedding, (bandwidth / spatial_radius) * position]`` (pixel
+        positions): spatial-range mean-shift, see :func:`clustering_points`. ``0``: embeddings.
     device, progress, cancel
         As for :func:`mean_shift`.
 
@@ -85,6 +89,7 @@ def cluster_embeddings(
     b = check_bandwidth(bandwidth)
     if not isinstance(min_size, int | np.integer) or min_size < 0:
         raise NSEError(f"min_size must be a non-negative integer, got {min_size!r}")
+    spatial = spatial_scale(b, spatial_radius)
     if scope == "block":
         if block_shape is None or len(block_shape) != fg.ndim or any(
                 int(k) < 1 for k in block_shape):
@@ -98,9 +103,9 @@ def cluster_embeddings(
     if scope == "block":
         from .blocks import cluster_blocks
 
-        labels = cluster_blocks(embeddings, fg, b, block_shape, engine, progress)
+        labels = cluster_blocks(embeddings, fg, b, block_shape, engine, progress, spatial)
     else:
-        pts = foreground_points(embeddings, fg)
+        pts = clustering_points(embeddings, fg, spatial)
         groups = components(fg)[fg] - 1 if scope == "component" else None
         lab = engine(pts, b, groups=groups, progress=progress)
         labels = np.zeros(fg.shape, np.uint32)
@@ -131,6 +136,41 @@ def foreground_points(embeddings, fg: np.ndarray) -> np.ndarray:
     if not np.isfinite(pts).all():
         raise NSEError("embeddings contain NaN or infinite values in the foreground")
     return pts
+
+
+def spatial_scale(bandwidth: float, spatial_radius: float) -> float:
+    """The factor on pixel positions that makes ``spatial_radius`` pixels one bandwidth
+    (0 when the radius is 0: embeddings only)."""
+    try:
+        r = float(spatial_radius)
+    except (TypeError, ValueError):
+        raise NSEError(f"spatial radius must be a number, got {spatial_radius!r}") from None
+    if not (np.isfinite(r) and r >= 0):
+        raise NSEError(f"spatial radius must be a non-negative number (0: off), got {r}")
+    return bandwidth / r if r > 0 else 0.0
+
+
+def clustering_points(embeddings, fg: np.ndarray, spatial: float = 0.0,
+                      origin: tuple[int, ...] | None = None) -> np.ndarray:
+    """The points mean-shift clusters: the foreground pixels' embeddings, and with
+    ``spatial > 0`` their positions (``origin`` + index, in pixels) times ``spatial`` as extra
+    coordinates (spatial-range mean-shift).
+
+    Every caller (in memory, per block, blockwise) builds them here, from the same global
+    positions, so that the same pixels give bitwise the same points.
+    """
+    pts = foreground_points(embeddings, fg)
+    if not spatial:
+        return pts
+    return with_positions(pts, np.nonzero(fg), spatial, origin)
+
+
+def with_positions(points: np.ndarray, index: tuple[np.ndarray, ...], spatial: float,
+                   origin: Sequence[int] | None = None) -> np.ndarray:
+    """``points`` with ``spatial * (origin + index)`` appended (one column per axis)."""
+    origin = (0,) * len(index) if origin is None else tuple(origin)
+    pos = np.stack([np.asarray(ix, np.int64) + int(o) for ix, o in zip(index, origin)], 1)
+    return np.concatenate([points, (pos * float(spatial)).astype(points.dtype)], 1)
 
 
 def components(fg: np.ndarray) -> np.ndarray:

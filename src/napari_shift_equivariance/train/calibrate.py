@@ -1,10 +1,12 @@
 """Calibration: the clustering settings that segment a model's validation images best.
 
 :func:`calibrate` predicts each image once, then clusters that prediction on a small grid of
-mean-shift bandwidths x foreground thresholds, filters each result by a few minimum sizes,
-and keeps the combination with the best mean AP@0.5. :meth:`Calibration.apply` stores it in
-``model.config.extra`` (``"bandwidth"``, ``"fg_threshold"``, ``"min_size"`` and the record
-``"calibration"``), where ``segment`` and the widgets pick it up
+mean-shift bandwidths x foreground thresholds x spatial radii (positions in the clustering
+space, in multiples of the annotated objects' typical diameter; 0 = embeddings only), filters
+each result by a few minimum sizes, and keeps the combination with the best mean AP@0.5.
+:meth:`Calibration.apply` stores it in ``model.config.extra`` (``"bandwidth"``,
+``"fg_threshold"``, ``"min_size"``, ``"spatial_radius"`` and the record ``"calibration"``),
+where ``segment`` and the widgets pick it up
 (``options.ClusterOptions.resolve``). The minimum size is a filter after clustering, so
 trying several costs no extra clustering.
 """
@@ -26,10 +28,12 @@ from ..labels import check_labels, instance_ids, instance_sizes, remove_small
 from ..model import ModelConfig, UNet
 
 #: keys of ``model.config.extra`` written by :meth:`Calibration.apply`
-CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size", "calibration")
+CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size", "spatial_radius", "calibration")
 #: bandwidths tried, as multiples of the bandwidth the loss margins imply
 BANDWIDTH_FACTORS = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8)
 FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+#: spatial radii tried besides 0, as multiples of the median annotated object diameter
+SPATIAL_FACTORS = (0.5, 0.75, 1.0, 1.5)
 DEFAULT_FG = 0.5
 SEARCHES = ("coordinate", "full")
 
@@ -52,18 +56,30 @@ def default_min_size(ndim: int) -> int:
 
 def default_grid(config: ModelConfig, labels: Sequence[np.ndarray] = ()) -> dict[str, list]:
     """The grid :func:`calibrate` searches by default: bandwidths around the margin bandwidth,
-    thresholds 0.3..0.7, and minimum sizes: the default one and fractions of the smaller
-    annotated objects (``labels``)."""
+    thresholds 0.3..0.7, minimum sizes (the default one and fractions of the smaller
+    annotated objects, ``labels``) and spatial radii (0, and fractions of the median object
+    diameter)."""
     b0 = margin_bandwidth(config)
     ms0 = default_min_size(config.ndim)
     sizes = [s for lab in labels for s in instance_sizes(np.asarray(lab)).values()]
     min_sizes = {0, ms0}
+    radii = [0.0]
     if sizes:
         small = float(np.percentile(sizes, 10))
         min_sizes |= {int(small * f) for f in (0.25, 0.5)}
+        d = object_diameter(float(np.median(sizes)), config.ndim)
+        radii += [round(d * f, 1) for f in SPATIAL_FACTORS]
     return {"bandwidth": [round(b0 * f, 4) for f in BANDWIDTH_FACTORS],
             "fg_threshold": list(FG_THRESHOLDS),
-            "min_size": sorted(min_sizes)}
+            "min_size": sorted(min_sizes),
+            "spatial_radius": radii}
+
+
+def object_diameter(size: float, ndim: int) -> float:
+    """The diameter of a disk (2D) or ball (3D) of ``size`` pixels."""
+    if ndim == 2:
+        return 2.0 * math.sqrt(size / math.pi)
+    return 2.0 * (3.0 * size / (4.0 * math.pi)) ** (1.0 / 3.0)
 
 
 @dataclass
@@ -71,9 +87,9 @@ class Calibration:
     """The chosen clustering settings and how they were found.
 
     ``ap`` is the mean AP@0.5 at the chosen settings, ``default_ap`` at the uncalibrated
-    defaults (margin bandwidth, threshold 0.5, default minimum size); ``scores`` holds every
-    grid point as ``{"bandwidth", "fg_threshold", "min_size", "ap"}``; ``data`` says which
-    images were used.
+    defaults (margin bandwidth, threshold 0.5, default minimum size, no positions);
+    ``scores`` holds every grid point as ``{"bandwidth", "fg_threshold", "min_size",
+    "spatial_radius", "ap"}``; ``data`` says which images were used.
     """
 
     bandwidth: float
@@ -89,6 +105,7 @@ class Calibration:
     seconds: float = 0.0
     search: str = "coordinate"
     complete: bool = True
+    spatial_radius: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -102,7 +119,8 @@ class Calibration:
         model.config.extra = {
             **(model.config.extra or {}),
             "bandwidth": float(self.bandwidth), "fg_threshold": float(self.fg_threshold),
-            "min_size": int(self.min_size), "calibration": self.to_dict(),
+            "min_size": int(self.min_size), "spatial_radius": float(self.spatial_radius),
+            "calibration": self.to_dict(),
         }
         return model
 
@@ -113,12 +131,13 @@ def clear_calibration(config: ModelConfig) -> None:
 
 
 def _cluster(prediction: np.ndarray, ndim: int, bandwidth: float, fg_threshold: float,
-             device: str) -> np.ndarray:
+             device: str, spatial_radius: float = 0.0) -> np.ndarray:
     """Labels of one prediction with minimum size 0 (size filters come after)."""
     from ..options import ClusterOptions
     from ..segment import instances_from_prediction
 
-    opts = ClusterOptions(bandwidth=bandwidth, fg_threshold=fg_threshold, min_size=0)
+    opts = ClusterOptions(bandwidth=bandwidth, fg_threshold=fg_threshold, min_size=0,
+                          spatial_radius=spatial_radius)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         labels, _ = instances_from_prediction(prediction, ndim, opts, device=device)
@@ -146,10 +165,13 @@ def ap50(gt: np.ndarray, pred: np.ndarray, ignore_index: int | None = None) -> f
 
 
 def _pick(scores: list[dict], b0: float, ms0: int) -> dict:
-    """The best mean AP; ties go to the threshold nearest 0.5, then the middle of the tied
-    bandwidths (the widest plateau is the safest), then the default minimum size."""
+    """The best mean AP; ties go to the smallest spatial radius (0 first), the threshold
+    nearest 0.5, then the middle of the tied bandwidths (the widest plateau is the safest),
+    then the default minimum size."""
     best = max(s["ap"] for s in scores)
     tied = [s for s in scores if s["ap"] >= best - 1e-9]
+    r = min(s.get("spatial_radius", 0.0) for s in tied)
+    tied = [s for s in tied if s.get("spatial_radius", 0.0) == r]
     fg = min({s["fg_threshold"] for s in tied}, key=lambda t: (abs(t - 0.5), t))
     tied = [s for s in tied if s["fg_threshold"] == fg]
     bws = sorted({s["bandwidth"] for s in tied})
@@ -166,6 +188,7 @@ def calibrate(
     bandwidths: Sequence[float] | None = None,
     fg_thresholds: Sequence[float] | None = None,
     min_sizes: Sequence[int] | None = None,
+    spatial_radii: Sequence[float] | None = None,
     ignore_index: int | None = None,
     mode: str = "correct",
     tile: Any = None,
@@ -186,14 +209,16 @@ def calibrate(
     images, labels
         Validation images (raw, as ``segment`` takes them) and their instance labels; images
         the model was trained on give optimistic settings.
-    bandwidths, fg_thresholds, min_sizes
+    bandwidths, fg_thresholds, min_sizes, spatial_radii
         The grid (``None``: :func:`default_grid`). Every minimum size is scored at every
-        clustering (a filter after it, no extra cost).
+        clustering (a filter after it, no extra cost). ``spatial_radii`` always include 0.
     search
         ``"coordinate"`` (default): bandwidths at threshold 0.5, thresholds at the best
-        bandwidth, bandwidths again at the best threshold (``2 * B + T - 2`` clusterings at
-        most); ``"full"``: every bandwidth x threshold (``B * T``). Bandwidths are tried
-        from the margin bandwidth outwards, larger ones first.
+        bandwidth, bandwidths again at the best threshold, then bandwidths at every other
+        spatial radius, and thresholds at the best of those (``2 * B + T - 2 + (R - 1) * B
+        + T - 1`` clusterings at most); ``"full"``: every bandwidth x threshold x radius
+        (``B * T * R``). Bandwidths are tried from the margin bandwidth outwards, larger
+        ones first.
     time_limit
         Seconds for the whole call: the search stops when they are spent (after at least
         the first clustering) and keeps the best found (``complete`` is then False).
@@ -221,11 +246,14 @@ def calibrate(
     grid = default_grid(config, [np.where(g == ignore_index, 0, g) if ignore_index is not None
                                  else g for g in gts])
     for key, given in (("bandwidth", bandwidths), ("fg_threshold", fg_thresholds),
-                       ("min_size", min_sizes)):
+                       ("min_size", min_sizes), ("spatial_radius", spatial_radii)):
         if given is not None:
             grid[key] = sorted({float(v) if key != "min_size" else int(v) for v in given})
             if not grid[key]:
                 raise NSEError(f"calibration grid for {key} is empty")
+    if any(not (math.isfinite(r) and r >= 0) for r in grid["spatial_radius"]):
+        raise NSEError("spatial radii must be non-negative numbers")
+    grid["spatial_radius"] = sorted({0.0, *grid["spatial_radius"]})
     for b in grid["bandwidth"]:
         if not (math.isfinite(b) and b > 0):
             raise NSEError(f"bandwidths must be positive, got {b}")
@@ -237,9 +265,12 @@ def calibrate(
     b0, ms0 = margin_bandwidth(config), default_min_size(config.ndim)
 
     bws, fgs, mss = grid["bandwidth"], grid["fg_threshold"], grid["min_size"]
+    radii = grid["spatial_radius"]
     if search not in SEARCHES:
         raise NSEError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
-    n_points = len(bws) * len(fgs) if search == "full" else 2 * len(bws) + len(fgs) - 2
+    n_points = len(bws) * len(fgs) * len(radii) if search == "full" else (
+        2 * len(bws) + len(fgs) - 2 + (len(radii) - 1) * len(bws)
+        + (len(fgs) - 1 if len(radii) > 1 else 0))
     total = len(images) * (1 + n_points)
     done = 0
 
@@ -263,32 +294,34 @@ def calibrate(
         preds = [np.asarray(p) for p in predictions]
         step(len(images))
 
-    table: dict[tuple[float, float, int], float] = {}
+    table: dict[tuple[float, float, float, int], float] = {}
     complete = True
 
-    def point(b: float, t: float) -> float:
-        """Score ``(b, t)`` at every minimum size; the best of them (-1 once out of time)."""
+    def point(b: float, t: float, r: float = 0.0) -> float:
+        """Score ``(b, t, r)`` at every minimum size; the best of them (-1 once out of
+        time)."""
         nonlocal complete
-        if (b, t, mss[0]) not in table:
+        if (b, t, r, mss[0]) not in table:
             if table and time_limit is not None and time.perf_counter() - t0 > time_limit:
                 complete = False
                 return -1.0
             aps: dict[int, list[float]] = {m: [] for m in mss}
             for pred, gt in zip(preds, gts):
-                lab = _cluster(pred, config.ndim, b, t, dev)
+                lab = _cluster(pred, config.ndim, b, t, dev, r)
                 for m in mss:
                     aps[m].append(ap50(gt, remove_small(lab, m), ignore_index))
                 step()
-            table.update({(b, t, m): float(np.mean(v)) for m, v in aps.items()})
-        return max(table[(b, t, m)] for m in mss)
+            table.update({(b, t, r, m): float(np.mean(v)) for m, v in aps.items()})
+        return max(table[(b, t, r, m)] for m in mss)
 
     # the margin bandwidth first, then outwards (larger first: over-splitting is the usual
     # failure), so that a search cut short by the time limit has tried the likeliest
     order = sorted(bws, key=lambda v: (abs(math.log(v / b0)), -v))
     if search == "full":
-        for b in order:
-            for t in fgs:
-                point(b, t)
+        for r in radii:
+            for b in order:
+                for t in fgs:
+                    point(b, t, r)
     else:
         # coordinate search: bandwidths at the threshold nearest 0.5, thresholds at the best
         # bandwidth, then bandwidths again at the best threshold
@@ -298,22 +331,35 @@ def calibrate(
         if t_best != t:
             for v in order:
                 point(v, t_best)
+        # positions: bandwidths at every other radius (the best bandwidth moves with it),
+        # then thresholds at the best radius and bandwidth
+        if len(radii) > 1:
+            t = t_best
+            for r in radii[1:]:
+                for v in order:
+                    point(v, t, r)
+            b, r = max(((v, r) for r in radii for v in order if (v, t, r, mss[0]) in table),
+                       key=lambda vr: (point(vr[0], t, vr[1]), -vr[1]))
+            if r > 0:
+                for v in fgs:
+                    point(b, v, r)
     step(total)
-    scores = [{"bandwidth": b, "fg_threshold": t, "min_size": m, "ap": ap}
-              for (b, t, m), ap in table.items()]
+    scores = [{"bandwidth": b, "fg_threshold": t, "spatial_radius": r, "min_size": m, "ap": ap}
+              for (b, t, r, m), ap in table.items()]
     best = _pick(scores, b0, ms0)
     default = _nearest(scores, b0, DEFAULT_FG, ms0)
     return Calibration(
         bandwidth=float(best["bandwidth"]), fg_threshold=float(best["fg_threshold"]),
         min_size=int(best["min_size"]), ap=float(best["ap"]),
+        spatial_radius=float(best["spatial_radius"]),
         default_ap=float(default["ap"]), grid=grid, scores=scores, data=data,
         n_images=len(images), n_instances=int(n_inst), seconds=time.perf_counter() - t0,
         search=search, complete=complete)
 
 
 def _nearest(scores: list[dict], b: float, t: float, m: int) -> dict:
-    return min(scores, key=lambda s: (abs(s["bandwidth"] - b), abs(s["fg_threshold"] - t),
-                                      abs(s["min_size"] - m)))
+    return min(scores, key=lambda s: (s["spatial_radius"], abs(s["bandwidth"] - b),
+                                      abs(s["fg_threshold"] - t), abs(s["min_size"] - m)))
 
 
 def evaluate(model: UNet, images: Sequence[Any], labels: Sequence[Any], *,

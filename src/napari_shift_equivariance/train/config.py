@@ -23,6 +23,8 @@ FG_LOSSES = ("bce", "dice", "bce+dice")
 #: iterations when only a time limit ends the run (``nse train --time-limit`` without
 #: ``--iterations``): the learning-rate schedule then follows the clock
 UNLIMITED_ITERATIONS = 10**9
+#: iterations when neither ``iterations`` nor a time limit is given
+DEFAULT_ITERATIONS = 2000
 
 
 @dataclass
@@ -35,7 +37,9 @@ class TrainConfig:
 
     ``time_limit`` (seconds, ``None``: none) bounds the whole :func:`train` call: the loop
     stops early enough to validate, calibrate and return within it, and the learning-rate
-    schedule follows whichever of ``iterations`` and the clock ends first.
+    schedule follows whichever of ``iterations`` and the clock ends first. ``iterations``
+    left ``None`` is :data:`DEFAULT_ITERATIONS` without a time limit and unlimited with one
+    (the clock alone ends the run, as ``nse train --time-limit`` without ``--iterations``).
 
     ``val_every``: validate every N iterations (``None``: about 10 times per run, by the
     clock under a time limit; ``0``: only at the end). A validation split is held out of the
@@ -60,7 +64,7 @@ class TrainConfig:
     batch_size: int = 4
     p_foreground: float = 0.9
     # optimisation
-    iterations: int = 2000
+    iterations: int | None = None
     time_limit: float | None = None
     lr: float = 1e-3
     lr_schedule: str = "cosine"
@@ -96,6 +100,9 @@ class TrainConfig:
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
+        if self.iterations is None:
+            self.iterations = (UNLIMITED_ITERATIONS if self.time_limit is not None
+                               else DEFAULT_ITERATIONS)
         for name in ("iterations", "batch_size", "base_channels", "embedding_dim"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:

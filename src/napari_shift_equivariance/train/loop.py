@@ -209,7 +209,7 @@ class Validator:
         t0 = time.perf_counter()
         cal = calibrate(model, self.images, self.labels,
                         bandwidths=[b / VAL_STEP, b, b * VAL_STEP], fg_thresholds=[0.5],
-                        min_sizes=[default_min_size(model.config.ndim)],
+                        min_sizes=[default_min_size(model.config.ndim)], spatial_radii=[0.0],
                         ignore_index=self.ignore_index, device=str(self.device), search="full")
         model.train()
         self.bandwidth = cal.bandwidth
