@@ -194,9 +194,26 @@ def test_bad_requests_get_one_line(tmp_path, case2d):
                           cluster=ClusterOptions(scope="global"), **kw)
     with pytest.raises(NSEError, match="does not exist"):
         segment_blockwise(model, image, tmp_path / "no" / "a.zarr", block=16, tile=8, **kw)
-    with pytest.raises(NSEError, match="channel axis before"):
-        segment_blockwise(_model_rgb(), np.zeros((40, 40, 3), np.float32),
-                          tmp_path / "b.zarr", block=16, tile=8, **kw)
+
+
+@pytest.mark.parametrize("kind", ["numpy", "zarr", "file"])
+def test_channels_last_images_equal_in_memory(tmp_path, kind):
+    # an RGB-like (Y, X, C) image: the channel axis is moved in front lazily, as in memory
+    model = _model_rgb()
+    image = np.stack([_nuclei((48, 56), seed=s) for s in (1, 2, 3)], axis=-1)
+    kw = _options(model, np.moveaxis(image, -1, 0))
+    ref = segment(model, image, "correct", 8, **kw)
+    assert ref.n_instances > 3
+    src = image
+    if kind == "zarr":
+        src = zarr.open_array(str(tmp_path / "rgb.zarr"), mode="w", shape=image.shape,
+                              chunks=(16, 16, 3), dtype=image.dtype)
+        src[...] = image
+    elif kind == "file":  # an ImageRef: each worker opens the file and moves the axis
+        src = tmp_path / "rgb.npy"
+        np.save(src, image)
+    segment_blockwise(model, src, tmp_path / "l.zarr", block=16, tile=8, **kw)
+    assert same_partition(zarr.open_array(str(tmp_path / "l.zarr"))[:], ref.labels)
 
 
 def _model_rgb():

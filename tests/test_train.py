@@ -382,6 +382,18 @@ def test_time_limit_stops_cleanly_then_validates_and_calibrates(pair):
     assert result.history[-1]["fraction"] > 0.5
 
 
+def test_a_time_limit_without_iterations_trains_until_the_clock():
+    # TrainConfig(time_limit=600) must not stop at the default 2000 iterations (it did,
+    # after 150 s on an idle 2-core machine): as with nse train --time-limit
+    from napari_shift_equivariance.train.config import DEFAULT_ITERATIONS
+
+    assert TrainConfig().iterations == DEFAULT_ITERATIONS
+    assert TrainConfig(time_limit=600).iterations == UNLIMITED_ITERATIONS
+    assert TrainConfig(time_limit=600, iterations=50).iterations == 50
+    with pytest.raises(NSEError, match="iterations"):
+        TrainConfig(iterations=0)
+
+
 def test_time_limit_too_short_is_one_clear_error_before_training(pair, tmp_path):
     calls = []
     with pytest.raises(NSEError, match="too short.*give at least"):

@@ -25,6 +25,7 @@ so the labels are the same partition as :func:`segment` with ``scope="component"
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
 import hashlib
 import time
@@ -89,13 +90,29 @@ class BlockwiseResult:
 
 @dataclass(frozen=True)
 class ImageRef:
-    """An image file that each worker opens itself (instead of shipping its pixels)."""
+    """An image file that each worker opens itself (instead of shipping its pixels);
+    ``channel`` (a channels-last image's channel axis) is moved to the front, lazily."""
 
     path: str
     level: int = 0
+    channel: int | None = None
 
     def open(self) -> Any:
-        return _open_ref(self.path, self.level)
+        arr = _open_ref(self.path, self.level)
+        return arr if self.channel is None else channels_first(arr, self.channel)
+
+
+def channels_first(arr: Any, channel: int) -> Any:
+    """``arr`` with axis ``channel`` moved to the front, as the in-memory predictor does,
+    without reading it: a numpy view, else a lazy dask array (zarr, dask, files)."""
+    if isinstance(arr, np.ndarray):
+        return np.moveaxis(arr, channel, 0)
+    import dask.array as da
+
+    if not isinstance(arr, da.Array):
+        chunks = getattr(arr, "chunks", None)
+        arr = da.from_array(arr, chunks=chunks if isinstance(chunks, tuple) else "auto")
+    return da.moveaxis(arr, channel, 0)
 
 
 @functools.lru_cache(maxsize=4)
@@ -448,8 +465,12 @@ def run_blockwise(
     cfg = model.config
     layout = axis_layout(arr.shape, cfg.ndim, cfg.in_channels, channel_axis)
     if layout.channel is not None and layout.channel > layout.spatial[0]:
-        raise NSEError("blockwise work needs the channel axis before the spatial axes "
-                       f"(image shape {tuple(arr.shape)}); pass a channels-first image")
+        # channels-last (RGB-like): the channel axis goes in front, as in memory
+        arr = channels_first(arr, layout.channel)
+        ref = dataclasses.replace(ref, channel=layout.channel) if isinstance(
+            ref, ImageRef) else arr
+        channel_axis = 0
+        layout = axis_layout(arr.shape, cfg.ndim, cfg.in_channels, channel_axis)
     local_model = copy.deepcopy(model)  # never move or switch the caller's model
     predictor = Predictor(local_model, device, amp, batch_size, pad)
     tiles = predictor.plan(arr.shape, "correct", tile, channel_axis)
