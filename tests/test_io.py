@@ -96,3 +96,17 @@ def test_read_box_matches_numpy_pad(mode):
     if inside is not None:
         block = block * inside
     np.testing.assert_allclose(block, ref[3:23, 0:30])
+
+
+def test_an_uncompressed_tif_is_memory_mapped_a_compressed_one_read(tmp_path):
+    # blockwise workers then read one box per tile from an uncompressed tif, not the file
+    import tifffile
+
+    a = np.random.default_rng(0).random((3, 40, 50)).astype(np.float32)
+    tifffile.imwrite(tmp_path / "u.tif", a)
+    tifffile.imwrite(tmp_path / "c.tif", a, compression="zlib")
+    lazy = read_image(tmp_path / "u.tif")
+    assert isinstance(lazy, np.memmap) and np.array_equal(lazy, a)
+    assert not isinstance(read_image(tmp_path / "u.tif", lazy=False), np.memmap)
+    whole = read_image(tmp_path / "c.tif")
+    assert not isinstance(whole, np.memmap) and np.array_equal(whole, a)

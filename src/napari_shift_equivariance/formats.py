@@ -225,7 +225,9 @@ def _no_first_page(path: Path) -> bool:
     return int.from_bytes(offset, "little" if order == "<" else "big") == 0
 
 
-def _read_tif(path: Path) -> np.ndarray:
+def _read_tif(path: Path, lazy: bool = False) -> np.ndarray:
+    """A plain tif's pixels; ``lazy``: memory-mapped when the file allows it (uncompressed,
+    contiguous: tiles are then read from disk one box at a time), else read whole."""
     import tifffile
 
     if _no_first_page(path):
@@ -236,7 +238,12 @@ def _read_tif(path: Path) -> np.ndarray:
             if not tf.pages or not tf.series:
                 raise NSEError(f"{path} is not a readable TIFF: it holds no image (corrupt or "
                                "truncated file?)")
-            arr = tf.asarray()
+            shape = tuple(tf.series[0].shape)
+            arr = None
+            if lazy and tf.series[0].dataoffset is not None:
+                arr = _tif_memmap(path, shape)
+            if arr is None:
+                arr = tf.asarray()
     except NSEError:
         raise
     except (tifffile.TiffFileError, EOFError, ValueError, OSError) as exc:
@@ -245,6 +252,16 @@ def _read_tif(path: Path) -> np.ndarray:
     if arr.size == 0:
         raise NSEError(f"{path} is not a readable TIFF: it holds no pixels (corrupt file?)")
     return arr
+
+
+def _tif_memmap(path: Path, shape: tuple[int, ...]) -> np.ndarray | None:
+    import tifffile
+
+    try:
+        arr = tifffile.memmap(path, mode="r")
+    except (ValueError, OSError):
+        return None
+    return arr if tuple(arr.shape) == shape else None
 
 
 def _read_npy(path: Path, lazy: bool) -> np.ndarray:
@@ -319,7 +336,7 @@ def open_image(path: str | os.PathLike, *, lazy: bool = True, level: int = 0,
             arr = _read_npy(path, lazy)
             meta = _meta(None, arr.ndim, fmt)
         elif fmt == "tif":
-            arr = _read_tif(path)
+            arr = _read_tif(path, lazy)
             meta = _tif_meta(path, arr.shape)
         else:
             from .io import _open_zarr
