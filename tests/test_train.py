@@ -494,8 +494,8 @@ def test_presets_table_and_cli_choices_agree():
     from napari_shift_equivariance.cli.train import PRESET_NAMES
     from napari_shift_equivariance.train import PRESETS, preset
 
-    assert tuple(PRESETS) == PRESET_NAMES == ("default", "default3d")
-    for name, ndim in (("default", 2), ("default3d", 3)):
+    assert tuple(PRESETS) == PRESET_NAMES == ("default", "default-finetune", "default3d")
+    for name, ndim in (("default", 2), ("default-finetune", 2), ("default3d", 3)):
         images, labels, cfg = preset(name, n_images=1)
         assert cfg.ndim == ndim and images[0].ndim == ndim == labels[0].ndim
         assert images[0].shape == labels[0].shape

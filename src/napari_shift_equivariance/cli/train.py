@@ -12,7 +12,7 @@ from ._common import add_common, emit, int_list
 
 #: the recipes of ``--preset`` (kept in step with ``train.config.PRESETS`` without importing
 #: torch for ``--help``; a test checks)
-PRESET_NAMES = ("default", "default3d")
+PRESET_NAMES = ("default", "default-finetune", "default3d")
 
 #: flags that map one-to-one onto TrainConfig fields (None = keep the config's default)
 CONFIG_FLAGS = (
@@ -37,7 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument("--preset", choices=list(PRESET_NAMES),
                    help="the recipe of a bundled model on generated data (no --image): "
-                   "default (2D) or default3d")
+                   "default (2D; the shipped model is default, then default-finetune --from "
+                   "it) or default3d")
     p.add_argument("--from", dest="init", metavar="M0",
                    help="fine-tune from this model file or 'default'")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint file")

@@ -210,6 +210,18 @@ PRESETS: dict[str, Preset] = {
          "lr": 2e-3, "seed": 0, "device": "cpu", "w_fg": 5.0, "p_elastic": 0.2,
          "delta_d": 3.0},  # the shipped model's margin (before loss.DEFAULT_DELTA_D = 1.5)
     ),
+    "default-finetune": Preset(
+        "default-finetune",
+        "stage 2 of the bundled 2D model: fine-tune the --preset default model (--from it) on "
+        "256 x 256 px generated nuclei of the 'mixed' style (sparse, dense, dim, large and "
+        "DSB-like images), intensity scale 0.4-1.6, lr 1e-3, delta_d 1.5, 1200 iterations",
+        _nuclei_data((256, 256), style="mixed"),
+        48,
+        {"ndim": 2, "depth": 3, "factor": 2, "base_channels": 12, "embedding_dim": 8,
+         "upsampling": "learnt", "window": 100, "batch_size": 2, "iterations": 1200,
+         "lr": 1e-3, "seed": 0, "device": "cpu", "w_fg": 5.0, "p_elastic": 0.2,
+         "delta_d": 1.5, "intensity_scale": (0.4, 1.6)},
+    ),
     "default3d": Preset(
         "default3d",
         "the bundled 3D model: 48 x 96 x 96 voxel generated nuclei stacks (varied generator "
