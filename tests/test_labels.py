@@ -74,3 +74,17 @@ def test_check_labels_errors():
     with pytest.raises(NSEError, match="ignore_index"):
         check_labels(np.array([[-2, 0], [1, 1]]))
     assert check_labels(np.array([[-2, 0], [1, 1]]), ignore_index=-2).shape == (2, 2)
+
+
+def test_touching_borders_and_the_boundary_gap():
+    from napari_shift_equivariance.labels import touching_borders, with_boundary_gap
+
+    lab = np.zeros((6, 10), np.int64)
+    lab[1:5, 1:5], lab[1:5, 5:9] = 1, 2  # touching along columns 4 | 5
+    lab[0, 0] = 7  # the ignore value: nobody's, it never makes a border
+    border = touching_borders(lab, ignore_index=7)
+    assert border[1:5, 4].all() and border[1:5, 5].all()
+    assert border.sum() == 8 and not border[:, :4].any() and not border[:, 6:].any()
+    gap = with_boundary_gap(lab, ignore_index=7)
+    assert (gap[1:5, 4:6] == 0).all() and gap[0, 0] == 7 and lab[1, 4] == 1  # a copy
+    assert not touching_borders(np.where(lab == 2, 0, lab), 7).any()  # alone: no border

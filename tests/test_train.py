@@ -532,3 +532,14 @@ def test_cli_help_states_the_one_delta_d_default(capsys):
     text = " ".join(capsys.readouterr().out.split())
     assert f"push margin (default {DEFAULT_DELTA_D})" in text
     assert "--time-limit SECONDS" in text and "default3d" in text
+
+
+def test_boundary_gap_changes_the_training_targets_not_the_validation_labels():
+    from napari_shift_equivariance.train.sampling import prepare_data
+
+    img, lab = nuclei((64, 64), radius=(5.0, 7.0), touching=1.0, seed=4)
+    arrays, raw = prepare_data([img], [lab], 2, None, None, [], boundary_gap=True)
+    plain, _ = prepare_data([img], [lab], 2, None, None, [])
+    gap = (plain[0].labels > 0) & (arrays[0].labels == 0)
+    assert gap.any() and np.array_equal(raw[0][1], lab)  # validation scores the real labels
+    assert TrainConfig(boundary_gap=True).boundary_gap and not TrainConfig().boundary_gap

@@ -44,9 +44,9 @@ def _suffix(path: Path, output: bool = False) -> str:
 def read_image(path: str | os.PathLike, lazy: bool = True, *, level: int = 0,
                scene: int | str | None = None, channel: int | str | None = None) -> Any:
     """Open an image. ``.zarr`` (plain or OME-Zarr, resolution ``level``) stays lazy (a zarr
-    array) unless ``lazy=False``; ``.npy`` is memory-mapped; ``.tif`` is memory-mapped when uncompressed and
-    contiguous, else read into memory;
-    czi/nd2/lif/OME-TIFF (the ``formats`` extra) are lazy arrays of one ``scene``.
+    array) unless ``lazy=False``; ``.npy`` is memory-mapped; ``.tif`` is memory-mapped when
+    uncompressed and contiguous, else read into memory; czi/nd2/lif/OME-TIFF (the ``formats``
+    extra) are lazy arrays of one ``scene``.
     ``channel`` (index or name) keeps one channel. For the axes and physical pixel size use
     :func:`formats.image_metadata` or :func:`formats.open_image`."""
     from .formats import open_image

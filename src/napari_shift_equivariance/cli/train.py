@@ -72,6 +72,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "instance: background is one more instance (the paper)")
     t.add_argument("--ignore-index", type=int, help="label value of unannotated pixels")
     t.add_argument("--fg-loss", choices=["bce", "dice", "bce+dice"])
+    t.add_argument("--boundary-gap", action="store_true",
+                   help="train the foreground to leave a 1-px gap between touching instances "
+                   "(their borders become background in the training targets)")
     t.add_argument("--no-augment", action="store_true", help="no on-the-fly augmentation")
     t.add_argument("--in-plane-only", action="store_true",
                    help="3D: flip, rotate and deform in-plane only (anisotropic stacks)")
@@ -155,6 +158,8 @@ def _config(args: argparse.Namespace, base: Any) -> Any:
         values["augment"] = False
     if args.in_plane_only:
         values["in_plane_only"] = True
+    if args.boundary_gap:
+        values["boundary_gap"] = True
     if args.keep_best:
         values["keep_best"] = True
     if args.no_calibrate:

@@ -79,6 +79,9 @@ class TrainConfig:
     ignore_index: int | None = None
     fg_loss: str = "bce"
     w_fg: float = 5.0  # at 1 the foreground channel lagged far behind the embeddings
+    # the borders between touching instances become background in the training targets, so
+    # the foreground learns a gap there and touching nuclei fall into separate components
+    boundary_gap: bool = False
     # intensities
     normalization: dict[str, Any] = field(default_factory=lambda: dict(normalize.DEFAULT))
     # augmentation

@@ -299,7 +299,7 @@ def train(
         raise NSEError("checkpoint_every is set but no checkpoint folder was given")
 
     arrays, raw = prepare_data(images, labels, geometry.ndim, model.config.normalization,
-                               config.ignore_index, notes)
+                               config.ignore_index, notes, config.boundary_gap)
     net_output, window = resolve_window(config, geometry, [a.labels.shape for a in arrays],
                                         notes)
     val, val_desc = _validation_data(validation, arrays, raw, window, config, notes)

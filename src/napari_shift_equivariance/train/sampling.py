@@ -24,7 +24,14 @@ from ..augment import augment as augment_crop
 from ..errors import NSEError
 from ..geometry import Coordinate, Roi, UNetGeometry, as_tuple
 from ..io import check_image, read_box
-from ..labels import check_labels, foreground, instance_ids, split_instances, split_message
+from ..labels import (
+    check_labels,
+    foreground,
+    instance_ids,
+    split_instances,
+    split_message,
+    with_boundary_gap,
+)
 from .config import TrainConfig
 
 
@@ -156,9 +163,12 @@ def _warn_split_instances(lab: np.ndarray, index: int, ndim: int,
 
 
 def prepare_data(images: Sequence[Any], labels: Sequence[Any], ndim: int,
-                 normalization: dict | None, ignore_index: int | None, notes: list[str]
+                 normalization: dict | None, ignore_index: int | None, notes: list[str],
+                 boundary_gap: bool = False
                  ) -> tuple[list[TrainArray], list[tuple[np.ndarray, np.ndarray]]]:
     """Check all pairs, normalise each image once, split z-stacks into planes for 2D models.
+    With ``boundary_gap`` the training labels (not the raw ones) have the borders between
+    touching instances set to background (:func:`..labels.with_boundary_gap`).
 
     Warns (:class:`SplitInstanceWarning`, and a note) when an instance ID occurs in several
     disconnected pieces; fewer than two instances in all the data is an error. Returns the
@@ -187,8 +197,10 @@ def prepare_data(images: Sequence[Any], labels: Sequence[Any], ndim: int,
                 skipped += 1
                 continue
             name = f"image {i}" + (f", plane {p[0]}" if p else "")
-            arrays.append(TrainArray(normalize.apply(img[p], offset, scale),
-                                     lab[p].astype(np.int64), name))
+            target = lab[p].astype(np.int64)
+            if boundary_gap:
+                target = with_boundary_gap(target, ignore_index)
+            arrays.append(TrainArray(normalize.apply(img[p], offset, scale), target, name))
             raw.append((img[p], lab[p]))
     if not arrays:
         raise NSEError("the labels hold no instance at all (every pixel is 0 = background"
