@@ -98,11 +98,11 @@ def model_segmenter(model):
     return run
 
 
-def train_model(train_pair, method: str, limit: float):
+def train_model(train_pair, method: str, limit: float, overrides: dict | None = None):
     from napari_shift_equivariance.train import TrainConfig, train
 
     image, labels = train_pair
-    config = TrainConfig(time_limit=limit, device="cpu")
+    config = TrainConfig(time_limit=limit, device="cpu", **(overrides or {}))
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -176,12 +176,17 @@ def main() -> int:
     p.add_argument("--seams", action="store_true", help="also count naive/correct seam splits")
     p.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     p.add_argument("--json", help="write the rows to this JSON file")
+    p.add_argument("--train-config", default="{}",
+                   help="JSON of TrainConfig fields for trained/finetuned (default: none, "
+                   "every setting at its default as the goals say), e.g. "
+                   "'{\"boundary_gap\": true}'")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     datasets = (args.datasets.split(",") if args.datasets else
                 ["real", "dense"] if args.quick else ["real", *STYLES])
     methods = args.methods.split(",") if args.methods else list(METHODS)
     limits = {k: v / 10 for k, v in TIME_LIMITS.items()} if args.quick else TIME_LIMITS
+    overrides = json.loads(args.train_config)
     n_held = 1 if args.quick else HELDOUT_IMAGES
     print(f"# {platform.node()}: {os.cpu_count()} CPUs, torch {torch.__version__}, "
           f"{args.threads} threads; time limits {limits}", flush=True)
@@ -208,14 +213,14 @@ def main() -> int:
             elif train_pair is None:
                 continue  # no training image for the 3D sets
             else:
-                model, extra = train_model(train_pair, method, limits[method])
+                model, extra = train_model(train_pair, method, limits[method], overrides)
                 res = score(model_segmenter(model), images, labels)
             rows.append(row(ds, method, res, extra))
             print_table(rows[-1:], header=len(rows) == 1)
     print()
     print_table(rows)
     report: dict = {"rows": rows, "threads": args.threads, "cpus": os.cpu_count(),
-                    "time_limits": limits, "quick": args.quick}
+                    "time_limits": limits, "quick": args.quick, "train_config": overrides}
     if args.seams:
         model = load_model("default")
         (_, _), (real_imgs, real_gts) = real_data(args.real)
