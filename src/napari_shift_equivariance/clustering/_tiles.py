@@ -162,7 +162,8 @@ def pairs(ctx: Context, qt: Tiles, pt: Tiles, radius: float | None):
 
     A tile holds one group and tiles are sorted by group, so the candidates of a query tile
     are one range of point tiles; only those pairs are tested (as many query tiles at once as
-    the chunk size allows).
+    the chunk size allows): as one broadcast when the query tiles are of one group, else
+    pair by pair.
     """
     first = np.searchsorted(pt.ghi, qt.glo, "left")
     count = np.maximum(np.searchsorted(pt.glo, qt.ghi, "right"), first) - first
@@ -173,7 +174,21 @@ def pairs(ctx: Context, qt: Tiles, pt: Tiles, radius: float | None):
         base = int(ends[a - 1]) if a else 0
         c = max(a + 1, int(np.searchsorted(ends, base + budget, "right")))
         n = int(ends[c - 1]) - base
-        if n:
+        if n and qt.glo[a] == qt.ghi[c - 1]:
+            # one group: every query tile has the same range of candidates, tested as one
+            # broadcast (cheaper than gathering each pair)
+            p0 = int(first[a])
+            ps = slice(p0, p0 + int(count[a]))
+            if radius is None:
+                ok = torch.ones(c - a, ps.stop - p0, dtype=torch.bool, device=ctx.dev)
+            else:
+                gap = torch.maximum(qt.lo[a:c].unsqueeze(1) - pt.hi[ps].unsqueeze(0),
+                                    pt.lo[ps].unsqueeze(0) - qt.hi[a:c].unsqueeze(1))
+                ok = gap.clamp_min_(0).square_().sum(2) <= (radius + 1e-3) ** 2
+            qi, pi = ok.nonzero(as_tuple=True)
+            if len(qi):
+                yield qi + a, pi + p0
+        elif n:
             cnt = count[a:c]
             qi = np.repeat(np.arange(a, c), cnt)
             pi = np.arange(n) + np.repeat(first[a:c] - (ends[a:c] - cnt - base), cnt)
