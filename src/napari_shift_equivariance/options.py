@@ -40,6 +40,17 @@ def check_known_fields(cls: type, d: Mapping[str, Any], what: str) -> None:
         raise NSEError(f"unknown {what} {unknown}")
 
 
+def check_spatial_radius(value: Any) -> float:
+    """A spatial radius in pixels as a float: finite and >= 0 (0: positions off)."""
+    try:
+        r = float(value)
+    except (TypeError, ValueError):
+        raise NSEError(f"spatial radius must be a number, got {value!r}") from None
+    if not (math.isfinite(r) and r >= 0):
+        raise NSEError(f"spatial radius must be a non-negative number (0: off), got {r}")
+    return r
+
+
 def _choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
     if value not in allowed:
         raise NSEError(f"{name} must be one of {', '.join(map(str, allowed))}, got {value!r}")
@@ -136,15 +147,8 @@ class ClusterOptions(_Options):
             if isinstance(m, bool) or not isinstance(m, int | float) or int(m) != m or m < 0:
                 raise NSEError(f"min size must be a non-negative integer, got {m}")
             object.__setattr__(self, "min_size", int(m))
-        r = self.spatial_radius
-        if r is not None:
-            try:
-                r = float(r)
-            except (TypeError, ValueError):
-                raise NSEError(f"spatial radius must be a number, got {r!r}") from None
-            if not (math.isfinite(r) and r >= 0):
-                raise NSEError(f"spatial radius must be a non-negative number (0: off), got {r}")
-            object.__setattr__(self, "spatial_radius", r)
+        if self.spatial_radius is not None:
+            object.__setattr__(self, "spatial_radius", check_spatial_radius(self.spatial_radius))
         _choice("scope", self.scope, SCOPES)
         _choice("backend", self.backend, BACKENDS)
         object.__setattr__(self, "block_shape", _int_tuple("block shape", self.block_shape))

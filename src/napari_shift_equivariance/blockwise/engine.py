@@ -35,7 +35,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from scipy import ndimage
 
 from .. import normalize
 from ..clustering import (
@@ -286,10 +285,7 @@ def task_label(key: str, index: int) -> int:
         marker["ph_points"] = y[:-1].reshape(len(y) - 1, -1)[:, ph_flat].T
         marker["ph_index"] = ph_flat
         marker["ph_starts"] = np.searchsorted(ph.ravel()[ph_flat], np.arange(1, m + 2))
-        objects = [o for i, o in enumerate(ndimage.find_objects(comp), start=1) if touch[i]]
         begin = np.asarray(block.write_roi.begin)
-        marker["lo"] = np.array([[s.start for s in o] for o in objects]) + begin
-        marker["hi"] = np.array([[s.stop for s in o] for o in objects]) + begin
         flat_ids, first = np.unique(comp.ravel(), return_index=True)
         first = first[touch[flat_ids]]
         coords = np.array(np.unravel_index(first, fg.shape)).T + begin
@@ -306,11 +302,11 @@ def task_label(key: str, index: int) -> int:
     return index
 
 
-def task_cluster(key: str, owner: int, comps: list[list[tuple[int, int, list, list]]]) -> int:
+def task_cluster(key: str, owner: int, comps: list[list[tuple[int, int]]]) -> int:
     """Stage ``cluster``: the components ``owner`` owns, each once, from all its voxels.
 
-    ``comps``: per component, its placeholders as ``(block, local id, lo, hi)`` (bounding box
-    in image coordinates). Their voxels and embeddings come from the blocks' done markers."""
+    ``comps``: per component, its placeholders as ``(block, local id)``. Their voxels and
+    embeddings come from the blocks' done markers."""
     job = _job(key)
     plan = job.plan
     spatial = _spatial(job.cluster)
@@ -336,7 +332,7 @@ def task_cluster(key: str, owner: int, comps: list[list[tuple[int, int, list, li
     start = 0
     for c, members in enumerate(comps):
         flats, pts, sizes = [], [], []
-        for b, lid, _, _ in members:
+        for b, lid in members:
             e, flat = voxels(b, lid)
             pts.append(e)
             flats.append(flat)
@@ -349,7 +345,7 @@ def task_cluster(key: str, owner: int, comps: list[list[tuple[int, int, list, li
         rank[order] = np.arange(len(order))
         offs = np.cumsum([0, *sizes])
         spans.append([(b, lid, start + rank[offs[i]:offs[i + 1]])
-                      for i, (b, lid, _, _) in enumerate(members)])
+                      for i, (b, lid) in enumerate(members)])
         start += len(flat)
     lab = _cluster(job, np.concatenate(points), np.concatenate(groups))
     values = drop_small(lab + 1, job.cluster.min_size)  # 0: dropped, else 1..k
@@ -571,15 +567,13 @@ def _stages(job: Job, executor: Any, cancel: Any, info: dict) -> Iterator[BlockE
     # merge: the placeholders of all blocks (small), face layers loaded on demand
     ks = np.zeros(n, np.int64)
     ms = np.zeros(n, np.int64)
-    first, lo, hi, n_fg = [], [], [], 0
+    first, n_fg = [], 0
     for i in range(n):
         with np.load(store.marker("predict", i)) as f:
             ks[i], ms[i] = int(f["k"]), int(f["m"])
             n_fg += int(f["n_fg"])
             if ms[i]:
                 first.append(f["first"])
-                lo.append(f["lo"])
-                hi.append(f["hi"])
     base = np.concatenate([[0], np.cumsum(ms)])
 
     @functools.lru_cache(maxsize=64)
@@ -595,7 +589,6 @@ def _stages(job: Job, executor: Any, cancel: Any, info: dict) -> Iterator[BlockE
     comp_owner = np.zeros(int(comp.max()) + 1 if M else 0, np.int64)
     if M:
         first_all = np.concatenate(first)
-        lo_all, hi_all = np.concatenate(lo), np.concatenate(hi)
         order = np.lexsort((first_all, comp))  # by component, then first voxel
         starts = np.r_[0, np.nonzero(np.diff(comp[order]))[0] + 1, M]
         for c in range(len(starts) - 1):
@@ -603,8 +596,8 @@ def _stages(job: Job, executor: Any, cancel: Any, info: dict) -> Iterator[BlockE
             own = int(owner_of_ph[members[0]])
             comp_owner[c] = own
             owners.setdefault(own, []).append([
-                (int(owner_of_ph[p]), int(ks[owner_of_ph[p]] + p - base[owner_of_ph[p]] + 1),
-                 lo_all[p].tolist(), hi_all[p].tolist()) for p in members])
+                (int(owner_of_ph[p]), int(ks[owner_of_ph[p]] + p - base[owner_of_ph[p]] + 1))
+                for p in members])
     times["merge"] = time.perf_counter() - t
     yield BlockEvent("merge", 1, 1, path=store.root)
     t = time.perf_counter()

@@ -18,7 +18,7 @@ from scipy import ndimage
 from ..errors import NSEError
 from ..labels import remove_small as drop_small
 from ..model import resolve_device
-from ..options import BACKENDS, SCOPES
+from ..options import BACKENDS, SCOPES, check_spatial_radius
 from .meanshift import CancelFn, ProgressFn, check_bandwidth, mean_shift
 
 
@@ -141,12 +141,7 @@ def foreground_points(embeddings, fg: np.ndarray) -> np.ndarray:
 def spatial_scale(bandwidth: float, spatial_radius: float) -> float:
     """The factor on pixel positions that makes ``spatial_radius`` pixels one bandwidth
     (0 when the radius is 0: embeddings only)."""
-    try:
-        r = float(spatial_radius)
-    except (TypeError, ValueError):
-        raise NSEError(f"spatial radius must be a number, got {spatial_radius!r}") from None
-    if not (np.isfinite(r) and r >= 0):
-        raise NSEError(f"spatial radius must be a non-negative number (0: off), got {r}")
+    r = check_spatial_radius(spatial_radius)
     return bandwidth / r if r > 0 else 0.0
 
 

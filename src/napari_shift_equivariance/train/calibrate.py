@@ -26,6 +26,7 @@ import numpy as np
 from ..errors import Cancelled, NSEError, is_cancelled
 from ..labels import check_labels, instance_ids, instance_sizes, remove_small
 from ..model import ModelConfig, UNet
+from ..options import check_spatial_radius
 
 #: keys of ``model.config.extra`` written by :meth:`Calibration.apply`
 CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size", "spatial_radius", "calibration")
@@ -251,9 +252,7 @@ def calibrate(
             grid[key] = sorted({float(v) if key != "min_size" else int(v) for v in given})
             if not grid[key]:
                 raise NSEError(f"calibration grid for {key} is empty")
-    if any(not (math.isfinite(r) and r >= 0) for r in grid["spatial_radius"]):
-        raise NSEError("spatial radii must be non-negative numbers")
-    grid["spatial_radius"] = sorted({0.0, *grid["spatial_radius"]})
+    grid["spatial_radius"] = sorted({0.0, *map(check_spatial_radius, grid["spatial_radius"])})
     for b in grid["bandwidth"]:
         if not (math.isfinite(b) and b > 0):
             raise NSEError(f"bandwidths must be positive, got {b}")
