@@ -37,9 +37,8 @@ from napari_shift_equivariance.train import PRESETS, TrainConfig, calibrate, tra
 
 #: What the shipped models change in their preset (applied on top of ``PRESETS[name]``).
 RECIPES = {
-    # the shipped default_2d.pt: these overrides, --from <the first default> --iterations 1200
-    "default": {"style": "mixed", "n_images": 48, "shape": (256, 256),
-                "config": {"intensity_scale": (0.4, 1.6), "lr": 1e-3, "delta_d": 1.5}},
+    # the shipped default_2d.pt: the preset as it is (mixed style, coordinates), from scratch
+    "default": {"style": "mixed", "n_images": 48, "shape": (256, 256), "config": {}},
     "default3d": {"style": "mixed", "n_images": 16, "shape": (48, 96, 96),
                   "config": {"delta_d": 1.5, "intensity_scale": (0.4, 1.6)}},
 }
@@ -110,7 +109,8 @@ def recalibrate(model, preset: str):
                     f"{VALIDATION_SEED}-{VALIDATION_SEED + 5}")
     cal.apply(model)
     print(f"calibrated: bandwidth {cal.bandwidth}, fg threshold {cal.fg_threshold}, min size "
-          f"{cal.min_size}, spatial radius {cal.spatial_radius}: validation AP@0.5 "
+          f"{cal.min_size}, spatial radius {cal.spatial_radius}, coordinates "
+          f"{model.config.loss.get('coord_scale', 0.0)}: validation AP@0.5 "
           f"{cal.ap:.3f} (uncalibrated {cal.default_ap:.3f}), {cal.seconds:.0f} s", flush=True)
     return cal
 

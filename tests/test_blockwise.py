@@ -108,6 +108,24 @@ def test_spatial_range_clustering_blockwise_equals_in_memory(tmp_path, case2d, b
     assert same_partition(zarr.open_array(str(tmp_path / "l.zarr"))[:], ref.labels)
 
 
+@pytest.mark.parametrize("block", [16, (16, 32)])
+def test_coordinate_embeddings_blockwise_equal_in_memory(tmp_path, case2d, block):
+    # a model trained with coordinates: clustering adds coord_scale * global position to the
+    # first embedding channels, the same in every block as in memory
+    import copy
+
+    model, image, kw, _ = case2d
+    model = copy.deepcopy(model)
+    model.config.loss = {**model.config.loss, "coord_scale": 0.05}
+    ref = segment(model, image, "correct", 8, **kw)
+    assert ref.info["coord_scale"] == 0.05
+    plain = segment(model, image, "correct", 8, cluster=ClusterOptions(coord_scale=0.0), **kw)
+    assert not same_partition(ref.labels, plain.labels)  # the coordinates do matter here
+    res = segment_blockwise(model, image, tmp_path / "l.zarr", block=block, tile=8, **kw)
+    assert res.info["n_crossing"] > 0
+    assert same_partition(zarr.open_array(str(tmp_path / "l.zarr"))[:], ref.labels)
+
+
 def test_a_component_larger_than_a_block(tmp_path, case2d):
     from scipy import ndimage
 

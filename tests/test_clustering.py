@@ -324,6 +324,46 @@ def test_spatial_radius_splits_touching_objects_with_the_same_embedding():
         cluster_embeddings(emb, fg, 0.5, spatial_radius=-2, device="cpu")
 
 
+def centre_offsets(emb, masks, scale):
+    """What a model trained with coordinates outputs: each pixel of an object points at the
+    object's centre, ``-scale * (position - centre)``, on the first two channels."""
+    pos = np.indices(emb.shape[1:]).astype(np.float32)
+    for m in masks:
+        centre = pos[:, m].mean(1)
+        emb[:2, m] -= scale * (pos[:, m] - centre[:, None])
+    return emb
+
+
+def test_coordinates_split_touching_objects_that_point_at_their_own_centres():
+    shape = (16, 40)
+    a, b = box(shape, slice(4, 12), slice(2, 14)), box(shape, slice(4, 12), slice(14, 26))
+    emb, fg = embedding_image(shape, [(a, [1.0, 0, 0, 0]), (b, [1.0, 0, 0, 0])])
+    emb = centre_offsets(emb, [a, b], 0.2)
+    # as embeddings alone, the offsets spread each object over 2.2 units: one cluster, merged
+    assert cluster_embeddings(emb, fg, 1.0, device="cpu").max() == 1
+    lab = cluster_embeddings(emb, fg, 1.0, coord_scale=0.2, device="cpu")
+    assert lab.max() == 2 and len(np.unique(lab[a])) == 1 and len(np.unique(lab[b])) == 1
+    # far apart and the same: told apart in global scope too (no capacity limit)
+    glob = cluster_embeddings(emb, fg, 1.0, scope="global", coord_scale=0.2, device="cpu")
+    assert adjusted_rand_score(glob.ravel(), lab.ravel()) == 1.0
+    with pytest.raises(NSEError, match="coordinate scale"):
+        cluster_embeddings(emb, fg, 1.0, coord_scale=-1, device="cpu")
+
+
+def test_positions_add_then_append():
+    from napari_shift_equivariance.clustering import NO_POSITIONS, Positions, with_positions
+
+    pts = np.zeros((2, 3), np.float32)
+    index = (np.array([0, 2]), np.array([1, 3]))
+    assert with_positions(pts, index, NO_POSITIONS) is pts
+    got = with_positions(pts, index, Positions(add=0.5, append=2.0), origin=(10, 0))
+    np.testing.assert_allclose(got, [[5, 0.5, 0, 20, 2], [6, 1.5, 0, 24, 6]])
+    assert (pts == 0).all()  # the caller's points are not changed
+    assert Positions.of(2.0, spatial_radius=4.0, coord_scale=0.1) == Positions(0.1, 0.5)
+    with pytest.raises(NSEError, match="coordinates need at least 2"):
+        with_positions(np.zeros((2, 1), np.float32), index, Positions(add=1.0))
+
+
 def test_touching_objects_with_different_embeddings_are_split():
     shape = (20, 20)
     a, b = box(shape, slice(2, 18), slice(2, 10)), box(shape, slice(2, 18), slice(10, 18))

@@ -109,6 +109,15 @@ def test_package_validates_with_exact_tiling_axes(which, request):
     assert "mean-shift" in readme and "not instance labels" in readme
 
 
+def test_readme_says_to_add_the_coordinates_back():
+    model = _tiny()
+    assert "offsets" not in ex._readme(model.config, "m")
+    model.config.loss = {**model.config.loss, "coord_scale": 0.2}
+    readme = ex._readme(model.config, "m")
+    assert "add 0.2 times each pixel's global position in pixels (y, x)" in readme
+    assert "\n        " not in readme  # still dedented
+
+
 def test_every_valid_size_is_min_plus_n_steps(package3d):
     """The axes' arithmetic against the network itself, including the anisotropic axis."""
     model, _ = package3d

@@ -227,6 +227,42 @@ def test_training_loss_splits_channels():
         total_loss(out, labels, delta_x=1.0)
 
 
+def test_coordinates_are_centred_positions_on_the_first_channels():
+    from napari_shift_equivariance.loss import with_coordinates
+
+    emb = torch.zeros(1, 3, 3, 5)
+    got = with_coordinates(emb, 0.5)
+    assert torch.equal(got[0, 0, :, 0], torch.tensor([-0.5, 0.0, 0.5]))
+    assert torch.equal(got[0, 1, 0], torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0]))
+    assert (got[0, 2] == 0).all() and (emb == 0).all()
+    assert with_coordinates(emb, 0.0) is emb
+    with pytest.raises(NSEError, match="at least 2 embedding channels"):
+        with_coordinates(torch.zeros(1, 1, 4, 4), 0.5)
+
+
+def test_coordinate_loss_is_zero_for_offsets_that_point_at_each_centre():
+    # two touching instances with equal embeddings: without coordinates the push term costs;
+    # with them, outputs that cancel each pixel's offset from its centre cost nothing
+    labels = torch.zeros(1, 8, 24, dtype=torch.long)
+    labels[0, :, :12], labels[0, :, 12:] = 1, 2
+    pos = torch.stack(torch.meshgrid(torch.arange(8.0) - 3.5, torch.arange(24.0) - 11.5,
+                                     indexing="ij"))
+    out = torch.zeros(1, 4, 8, 24)
+    scale = 0.5
+    for i in (1, 2):
+        m = labels[0] == i
+        centre = pos[:, m].mean(1)
+        out[0, :2, m] = -scale * (pos[:, m] - centre[:, None])
+    plain = TrainingLoss(w_fg=0.0)(out, labels)
+    coords = TrainingLoss(w_fg=0.0, w_reg=0.0, coord_scale=scale)(out, labels)
+    assert float(plain["var"]) > 0 and float(plain["dist"]) > 0
+    assert float(coords["var"]) == pytest.approx(0.0, abs=1e-9)
+    assert float(coords["dist"]) == 0.0  # centres 12 px apart: 6 units >= 2 * delta_d
+    assert TrainingLoss.from_config(TrainingLoss(coord_scale=scale).config()).coord_scale == 0.5
+    with pytest.raises(NSEError, match="coordinate scale"):
+        TrainingLoss(coord_scale=-1.0)
+
+
 def test_optimising_the_loss_separates_instances():
     torch.manual_seed(6)
     labels = torch.randint(1, 5, (1, 8, 8))

@@ -29,6 +29,15 @@ def test_cluster_options_resolve_from_the_models_calibration():
         1.0, 0.6, 0, 0.0)
 
 
+def test_coord_scale_comes_from_the_models_loss_settings():
+    cfg = ModelConfig(ndim=2, depth=2, loss={"delta_v": 0.5, "delta_d": 1.5,
+                                             "coord_scale": 0.25})
+    assert ClusterOptions().resolve(cfg).coord_scale == 0.25
+    assert ClusterOptions(coord_scale=0).resolve(cfg).coord_scale == 0.0  # for comparisons
+    assert not ClusterOptions(bandwidth=1, fg_threshold=0.5, min_size=0,
+                              spatial_radius=0).resolved  # the coordinate scale is open
+
+
 def test_cluster_options_without_calibration_use_margins_and_defaults():
     from napari_shift_equivariance.clustering import estimate_bandwidth_from_margins
 
@@ -37,6 +46,7 @@ def test_cluster_options_without_calibration_use_margins_and_defaults():
     assert got.bandwidth == estimate_bandwidth_from_margins(0.5, 3.0)
     assert got.fg_threshold == 0.5 and got.min_size == DEFAULT_MIN_SIZE[3]
     assert got.spatial_radius == 0.0  # embeddings only
+    assert got.coord_scale == 0.0  # a model trained without coordinates
     assert got.block_shape is not None and len(got.block_shape) == 3
 
 
@@ -47,6 +57,7 @@ def test_cluster_options_without_calibration_use_margins_and_defaults():
     ({"scope": "everywhere"}, "scope"), ({"backend": "cuda"}, "backend"),
     ({"block_shape": (8, 0)}, "block shape"), ({"spatial_radius": -1}, "spatial radius"),
     ({"spatial_radius": float("inf")}, "spatial radius"), ({"spatial_radius": "far"}, "spatial"),
+    ({"coord_scale": -0.1}, "coordinate scale"), ({"coord_scale": "x"}, "coordinate scale"),
 ])
 def test_cluster_options_reject_bad_values(kwargs, match):
     with pytest.raises(NSEError, match=match):

@@ -277,6 +277,38 @@ def test_fine_tuning_keeps_architecture_and_leaves_the_start_model_alone(pair, t
     assert_same_weights(weights(result.model), weights(from_file.model))
 
 
+def test_coordinates_default_on_new_models_and_follow_the_start_model(pair):
+    from napari_shift_equivariance.labels import instance_sizes
+    from napari_shift_equivariance.loss import COORD_SPAN
+    from napari_shift_equivariance.train.calibrate import object_diameter
+
+    new = train([pair[0]], [pair[1]], tiny(iterations=1, val_every=0, calibrate=False))
+    d = object_diameter(float(np.median(list(instance_sizes(pair[1]).values()))), 2)
+    assert new.model.config.loss["coord_scale"] == pytest.approx(COORD_SPAN / d, rel=1e-2)
+    assert any("coord_scale" in n and "median object diameter" in n for n in new.notes)
+    # larger objects, smaller scale: the offsets span the same embedding distance
+    big = nuclei((64, 64), radius=(9.0, 12.0), seed=2)
+    assert train([big[0]], [big[1]], tiny(iterations=1)).model.config.loss[
+        "coord_scale"] < new.model.config.loss["coord_scale"]
+    new = new.model
+    old = build_model(ModelConfig(depth=1, base_channels=2, embedding_dim=2), seed=0)
+    assert "coord_scale" not in old.config.loss  # a model from before coordinates
+    tuned = train([pair[0]], [pair[1]], tiny(iterations=1), init_model=old).model
+    assert tuned.config.loss["coord_scale"] == 0.0  # its embeddings keep their meaning
+    again = train([pair[0]], [pair[1]], tiny(iterations=1), init_model=new).model
+    assert again.config.loss["coord_scale"] == new.config.loss["coord_scale"]
+    mine = train([pair[0]], [pair[1]], tiny(iterations=1, coord_scale=0.5),
+                 init_model=old).model
+    assert mine.config.loss["coord_scale"] == 0.5
+    with pytest.raises(NSEError, match="at least 2 embedding dimensions"):
+        train([pair[0]], [pair[1]], tiny(embedding_dim=1, coord_scale=0.2))
+    few = train([pair[0]], [pair[1]], tiny(embedding_dim=1, iterations=1))
+    assert few.model.config.loss["coord_scale"] == 0.0
+    assert any("no coordinates" in n for n in few.notes)
+    with pytest.raises(NSEError, match="coordinate scale"):
+        tiny(coord_scale=-1)
+
+
 def test_fine_tuning_a_3d_model_on_2d_data_is_an_error(pair):
     start = build_model(ModelConfig(ndim=3, depth=1, factor=2, base_channels=2), seed=0)
     with pytest.raises(NSEError, match="dimensionality"):

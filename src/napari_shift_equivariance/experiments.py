@@ -102,7 +102,9 @@ def _train_config(quick: bool, seed: int, **kw: Any) -> TrainConfig:
             "lr": 2e-3, "seed": seed, "device": "cpu", "p_elastic": 0.0,
             "intensity_scale": None, "intensity_offset": None, "noise_std": None,
             # the paper's push margin, all data for training, the models' default clustering
-            "delta_d": 3.0, "val_every": 0, "calibrate": False}
+            "delta_d": 3.0, "val_every": 0, "calibrate": False,
+            # the paper's purely translation-equivariant embeddings, whose capacity it tests
+            "coord_scale": 0.0}
     base.update(kw)
     return TrainConfig(**base)
 

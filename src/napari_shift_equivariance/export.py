@@ -186,6 +186,20 @@ def _preprocessing(config: ModelConfig, axes: Sequence[str]) -> list[Any]:
     raise NSEError(f"normalisation kind {kind!r} cannot be exported")
 
 
+def _coordinates_note(config: ModelConfig) -> str:
+    """One sentence (no line break, so the README stays dedented) for models trained with
+    coordinates: clustering must add them back."""
+    from .options import model_coord_scale
+
+    scale = model_coord_scale(config)
+    if not scale:
+        return ""
+    axes = ", ".join(SPATIAL_AXES[config.ndim])
+    return (f" The first {config.ndim} embedding channels are offsets: before clustering add "
+            f"{scale:g} times each pixel's global position in pixels ({axes}) to them "
+            "(coordinate scale in the loss settings; napari-shift-equivariance does this).")
+
+
 def _readme(config: ModelConfig, name: str) -> str:
     g = config.geometry
     cal = {k: config.extra.get(k) for k in ("bandwidth", "fg_threshold", "min_size")
@@ -204,7 +218,7 @@ def _readme(config: ModelConfig, name: str) -> str:
         instances come from clustering the embeddings of foreground pixels with mean-shift.
         Use napari-shift-equivariance for that (`nse segment IMAGE --model MODEL.pt`, or
         `segment()` / `instances_from_prediction()` in Python), with its bandwidth
-        {cal.get('bandwidth', 'from the loss margins')}.
+        {cal.get('bandwidth', 'from the loss margins')}.{_coordinates_note(config)}
 
         ## Sizes and exact tiling
 

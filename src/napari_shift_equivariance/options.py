@@ -40,15 +40,25 @@ def check_known_fields(cls: type, d: Mapping[str, Any], what: str) -> None:
         raise NSEError(f"unknown {what} {unknown}")
 
 
-def check_spatial_radius(value: Any) -> float:
-    """A spatial radius in pixels as a float: finite and >= 0 (0: positions off)."""
+def check_off_or_positive(value: Any, what: str) -> float:
+    """``value`` as a float: finite and >= 0, where 0 means off; else one clear error."""
     try:
         r = float(value)
     except (TypeError, ValueError):
-        raise NSEError(f"spatial radius must be a number, got {value!r}") from None
+        raise NSEError(f"{what} must be a number, got {value!r}") from None
     if not (math.isfinite(r) and r >= 0):
-        raise NSEError(f"spatial radius must be a non-negative number (0: off), got {r}")
+        raise NSEError(f"{what} must be a non-negative number (0: off), got {r}")
     return r
+
+
+def check_spatial_radius(value: Any) -> float:
+    """A spatial radius in pixels as a float: finite and >= 0 (0: positions off)."""
+    return check_off_or_positive(value, "spatial radius")
+
+
+def check_coord_scale(value: Any) -> float:
+    """A coordinate scale (embedding units per pixel) as a float: finite and >= 0 (0: off)."""
+    return check_off_or_positive(value, "coordinate scale")
 
 
 def _choice(name: str, value: Any, allowed: Sequence[Any]) -> None:
@@ -112,6 +122,11 @@ class ClusterOptions(_Options):
         pixels much further apart than this do not share a kernel. Separates touching or
         far-apart objects whose embeddings alone do not; about the objects' radius to
         diameter. ``0``: embeddings only; ``None``: the model's calibrated value, else 0.
+    coord_scale
+        Embedding units per pixel that the model was trained with on its first ``ndim``
+        embedding channels (:func:`~.loss.with_coordinates`): clustering adds
+        ``coord_scale * position`` there. ``None``: the model's (its loss settings, else 0).
+        A value other than the model's only makes sense for comparisons.
     """
 
     bandwidth: float | None = None
@@ -121,6 +136,7 @@ class ClusterOptions(_Options):
     block_shape: tuple[int, ...] | None = None
     backend: str = "torch"
     spatial_radius: float | None = None
+    coord_scale: float | None = None
 
     def __post_init__(self) -> None:
         b = self.bandwidth
@@ -149,6 +165,8 @@ class ClusterOptions(_Options):
             object.__setattr__(self, "min_size", int(m))
         if self.spatial_radius is not None:
             object.__setattr__(self, "spatial_radius", check_spatial_radius(self.spatial_radius))
+        if self.coord_scale is not None:
+            object.__setattr__(self, "coord_scale", check_coord_scale(self.coord_scale))
         _choice("scope", self.scope, SCOPES)
         _choice("backend", self.backend, BACKENDS)
         object.__setattr__(self, "block_shape", _int_tuple("block shape", self.block_shape))
@@ -157,7 +175,7 @@ class ClusterOptions(_Options):
     def resolved(self) -> bool:
         """Whether every model-dependent value is set."""
         return None not in (self.bandwidth, self.fg_threshold, self.min_size,
-                            self.spatial_radius)
+                            self.spatial_radius, self.coord_scale)
 
     def resolve(self, config: Any) -> ClusterOptions:
         """These options with every ``None`` filled from the model ``config``
@@ -175,6 +193,8 @@ class ClusterOptions(_Options):
         if self.spatial_radius is None:
             r = extra.get("spatial_radius")
             changes["spatial_radius"] = float(r) if r is not None else 0.0
+        if self.coord_scale is None:
+            changes["coord_scale"] = model_coord_scale(config)
         if self.scope == "block" and self.block_shape is None:
             from .tiling import DEFAULT_TILE
 
@@ -189,6 +209,12 @@ def cluster_options(cluster: ClusterOptions | None = None, **overrides: Any) -> 
         raise NSEError(f"cluster must be a ClusterOptions, got {type(base).__name__}")
     changes = {k: v for k, v in overrides.items() if v is not None}
     return base.replace(**changes) if changes else base
+
+
+def model_coord_scale(config: Any) -> float:
+    """The coordinate scale a model was trained with (0 for models without one)."""
+    loss = getattr(config, "loss", None) or {}
+    return check_coord_scale(loss.get("coord_scale") or 0.0)
 
 
 def _model_bandwidth(config: Any) -> float:

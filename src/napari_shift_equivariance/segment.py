@@ -107,7 +107,8 @@ def instances_from_prediction(
             plane = cluster_embeddings(emb, fg, opts.bandwidth, scope=opts.scope,
                                        min_size=opts.min_size, block_shape=opts.block_shape,
                                        backend=opts.backend,
-                                       spatial_radius=opts.spatial_radius, device=device,
+                                       spatial_radius=opts.spatial_radius,
+                                       coord_scale=opts.coord_scale, device=device,
                                        progress=inner,
                                        cancel=stop)
             plane, k = relabel_sequential(np.asarray(plane), start=count + 1)
@@ -270,6 +271,7 @@ def segment_prediction(
         "fg_threshold": opts.fg_threshold,
         "backend": opts.backend,
         "spatial_radius": opts.spatial_radius,
+        "coord_scale": opts.coord_scale,
         "cluster": opts.to_dict(),
         "device": str(device),
         "times": {"predict": 0.0, "cluster": t1 - t0, "total": t1 - t0},

@@ -38,11 +38,11 @@ import numpy as np
 
 from .. import normalize
 from ..clustering import (
+    Positions,
     clustering_points,
     components,
     drop_small,
     mean_shift,
-    spatial_scale,
     with_positions,
 )
 from ..errors import Cancelled, NSEError, is_cancelled
@@ -227,8 +227,8 @@ def _cluster(job: Job, points: np.ndarray, groups: np.ndarray) -> np.ndarray:
     return mean_shift(points, opts.bandwidth, device, groups=groups)
 
 
-def _spatial(opts: ClusterOptions) -> float:
-    return spatial_scale(opts.bandwidth, opts.spatial_radius or 0.0)
+def _positions(opts: ClusterOptions) -> Positions:
+    return Positions.of(opts.bandwidth, opts.spatial_radius or 0.0, opts.coord_scale or 0.0)
 
 
 def task_predict(key: str, index: int) -> int:
@@ -262,7 +262,7 @@ def task_label(key: str, index: int) -> int:
     local = np.zeros(fg.shape, np.uint32)
     k = 0
     if whole.any():
-        pts = clustering_points(y[:-1], whole, _spatial(opts), block.write_roi.begin)
+        pts = clustering_points(y[:-1], whole, _positions(opts), block.write_roi.begin)
         lab = _cluster(job, pts, comp[whole] - 1)
         inner = np.zeros(fg.shape, np.int64)
         inner[whole] = lab + 1
@@ -309,7 +309,7 @@ def task_cluster(key: str, owner: int, comps: list[list[tuple[int, int]]]) -> in
     embeddings come from the blocks' done markers."""
     job = _job(key)
     plan = job.plan
-    spatial = _spatial(job.cluster)
+    positions = _positions(job.cluster)
     saved: dict[int, dict[str, np.ndarray]] = {}
 
     def voxels(b: int, lid: int) -> tuple[np.ndarray, np.ndarray]:
@@ -324,8 +324,7 @@ def task_cluster(key: str, owner: int, comps: list[list[tuple[int, int]]]) -> in
         at = [ix + int(a) for ix, a in zip(local, block.write_roi.begin)]
         lead = [np.full(len(at[0]), v) for v in block.lead]
         pts = f["ph_points"][s]
-        if spatial:
-            pts = with_positions(pts, tuple(at), spatial)
+        pts = with_positions(pts, tuple(at), positions)
         return pts, np.ravel_multi_index((*lead, *at), plan.shape)
 
     points, groups, spans = [], [], []

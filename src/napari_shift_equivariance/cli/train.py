@@ -18,7 +18,7 @@ PRESET_NAMES = ("default", "default-finetune", "default3d")
 CONFIG_FLAGS = (
     "ndim", "depth", "factor", "base_channels", "embedding_dim", "upsampling", "window",
     "iterations", "lr", "batch_size", "seed", "device", "delta_v", "delta_d", "background",
-    "ignore_index", "fg_loss", "val_every", "checkpoint_every", "time_limit",
+    "ignore_index", "fg_loss", "val_every", "checkpoint_every", "time_limit", "coord_scale",
 )
 
 
@@ -37,8 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", required=True, help="model file to write (.pt)")
     p.add_argument("--preset", choices=list(PRESET_NAMES),
                    help="the recipe of a bundled model on generated data (no --image): "
-                   "default (2D; the shipped model is default, then default-finetune --from "
-                   "it) or default3d")
+                   "default (the shipped 2D model), default-finetune (1200 more iterations "
+                   "on mixed nuclei, with --from) or default3d")
     p.add_argument("--from", dest="init", metavar="M0",
                    help="fine-tune from this model file or 'default'")
     p.add_argument("--resume", metavar="CKPT", help="continue from a checkpoint file")
@@ -67,6 +67,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--seed", type=int, help="default 0")
     t.add_argument("--delta-v", type=float, help="pull margin (default 0.5)")
     t.add_argument("--delta-d", type=float, help="push margin (default 1.5)")
+    t.add_argument("--coord-scale", type=float, metavar="UNITS_PER_PX",
+                   help="coordinates: embedding units per pixel added to the first ndim "
+                   "embedding channels, so each pixel learns to point at its object's centre "
+                   "(default 0.2 for new models, the start model's when fine-tuning; 0: off)")
     t.add_argument("--background", choices=["ignore", "instance"],
                    help="ignore: background only in the foreground channel (default); "
                    "instance: background is one more instance (the paper)")

@@ -12,6 +12,8 @@
 from __future__ import annotations
 
 from .components import (
+    NO_POSITIONS,
+    Positions,
     cluster_embeddings,
     clustering_points,
     components,
@@ -23,7 +25,8 @@ from .components import (
 from .meanshift import estimate_bandwidth_from_margins, mean_shift
 
 __all__ = [
-    "cluster_embeddings", "clustering_points", "components", "drop_small",
+    "NO_POSITIONS", "Positions", "cluster_embeddings", "clustering_points", "components",
+    "drop_small",
     "estimate_bandwidth_from_margins", "foreground_points", "mean_shift", "spatial_scale",
     "with_positions",
 ]

@@ -15,24 +15,24 @@ import numpy as np
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from .components import Engine, clustering_points, components
+from .components import NO_POSITIONS, Engine, Positions, clustering_points, components
 from .meanshift import ProgressFn
 
 
 def cluster_blocks(embeddings, fg: np.ndarray, b: float, block_shape: Sequence[int],
                    engine: Engine, progress: ProgressFn | None = None,
-                   spatial: float = 0.0) -> np.ndarray:
+                   positions: Positions = NO_POSITIONS) -> np.ndarray:
     """Component-scope clustering block by block, then merging across block faces (in the
-    clustering space: with ``spatial``, positions are part of the means compared)."""
+    clustering space: with ``positions``, positions are part of the means compared)."""
     labels = np.zeros(fg.shape, np.uint32)
     origins = list(itertools.product(*(range(0, s, k) for s, k in zip(fg.shape, block_shape))))
-    width = embeddings.shape[0] + (fg.ndim if spatial else 0)
+    width = embeddings.shape[0] + (fg.ndim if positions.append else 0)
     sums, counts, nlab = [np.zeros((1, width))], [np.ones(1)], 1
     for i, origin in enumerate(origins):
         box = tuple(slice(o, o + k) for o, k in zip(origin, block_shape))
         f = fg[box]
         if f.any():
-            pts = clustering_points(embeddings[(slice(None), *box)], f, spatial, origin)
+            pts = clustering_points(embeddings[(slice(None), *box)], f, positions, origin)
             lab = engine(pts, b, groups=components(f)[f] - 1)
             k = int(lab.max()) + 1
             part = labels[box]

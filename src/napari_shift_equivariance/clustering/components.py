@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import warnings
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,7 +19,7 @@ from scipy import ndimage
 from ..errors import NSEError
 from ..labels import remove_small as drop_small
 from ..model import resolve_device
-from ..options import BACKENDS, SCOPES, check_spatial_radius
+from ..options import BACKENDS, SCOPES, check_coord_scale, check_spatial_radius
 from .meanshift import CancelFn, ProgressFn, check_bandwidth, mean_shift
 
 
@@ -32,6 +33,7 @@ def cluster_embeddings(
     min_size: int = 0,
     backend: str = "torch",
     spatial_radius: float = 0.0,
+    coord_scale: float = 0.0,
     device: str | torch.device = "auto",
     progress: ProgressFn | None = None,
     cancel: CancelFn | None = None,
@@ -65,6 +67,9 @@ def cluster_embeddings(
     spatial_radius
         ``> 0``: cluster ``[embedding, (bandwidth / spatial_radius) * position]`` (pixel
         positions): spatial-range mean-shift, see :func:`clustering_points`. ``0``: embeddings.
+    coord_scale
+        The model's coordinate scale (:func:`~napari_shift_equivariance.loss.with_coordinates`):
+        ``coord_scale * position`` is added to the first ``ndim`` embedding channels.
     device, progress, cancel
         As for :func:`mean_shift`.
 
@@ -89,7 +94,7 @@ def cluster_embeddings(
     b = check_bandwidth(bandwidth)
     if not isinstance(min_size, int | np.integer) or min_size < 0:
         raise NSEError(f"min_size must be a non-negative integer, got {min_size!r}")
-    spatial = spatial_scale(b, spatial_radius)
+    positions = Positions.of(b, spatial_radius, coord_scale)
     if scope == "block":
         if block_shape is None or len(block_shape) != fg.ndim or any(
                 int(k) < 1 for k in block_shape):
@@ -103,9 +108,9 @@ def cluster_embeddings(
     if scope == "block":
         from .blocks import cluster_blocks
 
-        labels = cluster_blocks(embeddings, fg, b, block_shape, engine, progress, spatial)
+        labels = cluster_blocks(embeddings, fg, b, block_shape, engine, progress, positions)
     else:
-        pts = clustering_points(embeddings, fg, spatial)
+        pts = clustering_points(embeddings, fg, positions)
         groups = components(fg)[fg] - 1 if scope == "component" else None
         lab = engine(pts, b, groups=groups, progress=progress)
         labels = np.zeros(fg.shape, np.uint32)
@@ -145,27 +150,64 @@ def spatial_scale(bandwidth: float, spatial_radius: float) -> float:
     return bandwidth / r if r > 0 else 0.0
 
 
-def clustering_points(embeddings, fg: np.ndarray, spatial: float = 0.0,
+@dataclass(frozen=True)
+class Positions:
+    """How pixel positions (global, in pixels) enter the points mean-shift clusters.
+
+    ``add``: times the position, added to the first ``ndim`` embedding columns (the model's
+    coordinate scale); ``append``: times the position, appended as ``ndim`` more columns
+    (spatial-range mean-shift, :func:`spatial_scale`). Both 0: embeddings only.
+    """
+
+    add: float = 0.0
+    append: float = 0.0
+
+    @classmethod
+    def of(cls, bandwidth: float, spatial_radius: float = 0.0,
+           coord_scale: float = 0.0) -> Positions:
+        return cls(check_coord_scale(coord_scale), spatial_scale(bandwidth, spatial_radius))
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.append)
+
+
+#: Embeddings only.
+NO_POSITIONS = Positions()
+
+
+def clustering_points(embeddings, fg: np.ndarray, positions: Positions = NO_POSITIONS,
                       origin: tuple[int, ...] | None = None) -> np.ndarray:
-    """The points mean-shift clusters: the foreground pixels' embeddings, and with
-    ``spatial > 0`` their positions (``origin`` + index, in pixels) times ``spatial`` as extra
-    coordinates (spatial-range mean-shift).
+    """The points mean-shift clusters: the foreground pixels' embeddings, with their
+    positions (``origin`` + index, in pixels) entering as ``positions`` says.
 
     Every caller (in memory, per block, blockwise) builds them here, from the same global
     positions, so that the same pixels give bitwise the same points.
     """
     pts = foreground_points(embeddings, fg)
-    if not spatial:
+    if not positions:
         return pts
-    return with_positions(pts, np.nonzero(fg), spatial, origin)
+    return with_positions(pts, np.nonzero(fg), positions, origin)
 
 
-def with_positions(points: np.ndarray, index: tuple[np.ndarray, ...], spatial: float,
+def with_positions(points: np.ndarray, index: tuple[np.ndarray, ...], positions: Positions,
                    origin: Sequence[int] | None = None) -> np.ndarray:
-    """``points`` with ``spatial * (origin + index)`` appended (one column per axis)."""
+    """``points`` with the positions ``origin + index`` entered as ``positions`` says: added
+    to the first columns times ``positions.add``, appended times ``positions.append``."""
+    if not positions:
+        return points
     origin = (0,) * len(index) if origin is None else tuple(origin)
     pos = np.stack([np.asarray(ix, np.int64) + int(o) for ix, o in zip(index, origin)], 1)
-    return np.concatenate([points, (pos * float(spatial)).astype(points.dtype)], 1)
+    out = points
+    if positions.add:
+        nd = pos.shape[1]
+        if points.shape[1] < nd:
+            raise NSEError(f"coordinates need at least {nd} embedding channels, got "
+                           f"{points.shape[1]}")
+        out = points.copy()
+        out[:, :nd] += (pos * positions.add).astype(points.dtype)
+    if positions.append:
+        out = np.concatenate([out, (pos * positions.append).astype(points.dtype)], 1)
+    return out
 
 
 def components(fg: np.ndarray) -> np.ndarray:

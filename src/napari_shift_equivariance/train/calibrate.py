@@ -26,7 +26,7 @@ import numpy as np
 from ..errors import Cancelled, NSEError, is_cancelled
 from ..labels import check_labels, instance_ids, instance_sizes, remove_small
 from ..model import ModelConfig, UNet
-from ..options import check_spatial_radius
+from ..options import check_spatial_radius, model_coord_scale
 
 #: keys of ``model.config.extra`` written by :meth:`Calibration.apply`
 CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size", "spatial_radius", "calibration")
@@ -59,7 +59,8 @@ def default_grid(config: ModelConfig, labels: Sequence[np.ndarray] = ()) -> dict
     """The grid :func:`calibrate` searches by default: bandwidths around the margin bandwidth,
     thresholds 0.3..0.7, minimum sizes (the default one and fractions of the smaller
     annotated objects, ``labels``) and spatial radii (0, and fractions of the median object
-    diameter)."""
+    diameter; only 0 for a model with coordinates, whose embeddings hold the positions
+    already)."""
     b0 = margin_bandwidth(config)
     ms0 = default_min_size(config.ndim)
     sizes = [s for lab in labels for s in instance_sizes(np.asarray(lab)).values()]
@@ -69,7 +70,8 @@ def default_grid(config: ModelConfig, labels: Sequence[np.ndarray] = ()) -> dict
         small = float(np.percentile(sizes, 10))
         min_sizes |= {int(small * f) for f in (0.25, 0.5)}
         d = object_diameter(float(np.median(sizes)), config.ndim)
-        radii += [round(d * f, 1) for f in SPATIAL_FACTORS]
+        if not model_coord_scale(config):
+            radii += [round(d * f, 1) for f in SPATIAL_FACTORS]
     return {"bandwidth": [round(b0 * f, 4) for f in BANDWIDTH_FACTORS],
             "fg_threshold": list(FG_THRESHOLDS),
             "min_size": sorted(min_sizes),
@@ -131,17 +133,18 @@ def clear_calibration(config: ModelConfig) -> None:
     config.extra = {k: v for k, v in (config.extra or {}).items() if k not in CALIBRATION_KEYS}
 
 
-def _cluster(prediction: np.ndarray, ndim: int, bandwidth: float, fg_threshold: float,
-             device: str, spatial_radius: float = 0.0) -> np.ndarray:
+def _cluster(prediction: np.ndarray, config: ModelConfig, bandwidth: float,
+             fg_threshold: float, device: str, spatial_radius: float = 0.0) -> np.ndarray:
     """Labels of one prediction with minimum size 0 (size filters come after)."""
     from ..options import ClusterOptions
     from ..segment import instances_from_prediction
 
     opts = ClusterOptions(bandwidth=bandwidth, fg_threshold=fg_threshold, min_size=0,
-                          spatial_radius=spatial_radius)
+                          spatial_radius=spatial_radius,
+                          coord_scale=model_coord_scale(config))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        labels, _ = instances_from_prediction(prediction, ndim, opts, device=device)
+        labels, _ = instances_from_prediction(prediction, config.ndim, opts, device=device)
     return labels
 
 
@@ -306,7 +309,7 @@ def calibrate(
                 return -1.0
             aps: dict[int, list[float]] = {m: [] for m in mss}
             for pred, gt in zip(preds, gts):
-                lab = _cluster(pred, config.ndim, b, t, dev, r)
+                lab = _cluster(pred, config, b, t, dev, r)
                 for m in mss:
                     aps[m].append(ap50(gt, remove_small(lab, m), ignore_index))
                 step()

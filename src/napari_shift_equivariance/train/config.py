@@ -15,7 +15,7 @@ from ..augment import ELASTIC_DEFAULTS
 from ..errors import NSEError
 from ..loss import DEFAULT_DELTA_D, DEFAULT_DELTA_V
 from ..model import UNet
-from ..options import check_known_fields
+from ..options import check_coord_scale, check_known_fields
 
 ProgressFn = Callable[[dict], None]
 BACKGROUNDS = ("ignore", "instance")
@@ -78,6 +78,10 @@ class TrainConfig:
     background: str = "ignore"
     ignore_index: int | None = None
     fg_loss: str = "bce"
+    # embedding units per pixel added to the first ndim embedding channels (loss.with_
+    # coordinates; 0: off). None: the start model's when fine-tuning, else loss.COORD_SPAN
+    # over the median training object's diameter
+    coord_scale: float | None = None
     w_fg: float = 5.0  # at 1 the foreground channel lagged far behind the embeddings
     # the borders between touching instances become background in the training targets, so
     # the foreground learns a gap there and touching nuclei fall into separate components
@@ -133,6 +137,8 @@ class TrainConfig:
             raise NSEError("p_foreground and p_elastic are probabilities from 0 to 1")
         if not 0 < self.val_fraction < 1:
             raise NSEError(f"val_fraction must lie between 0 and 1, got {self.val_fraction}")
+        if self.coord_scale is not None:
+            self.coord_scale = check_coord_scale(self.coord_scale)
         if self.ignore_index == 0:
             raise NSEError("ignore_index 0 is the background label; pick another value")
         if isinstance(self.factor, list):
@@ -203,21 +209,25 @@ def _nuclei_data(shape: tuple[int, ...], style: str = "varied", **kw: Any):
 PRESETS: dict[str, Preset] = {
     "default": Preset(
         "default",
-        "the bundled 2D model: 256 x 256 px generated nuclei images, each with its own widely "
-        "varied generator settings (data.nuclei(style='varied', seed=i)); depth-3, f=2 net, "
-        "12 base channels, 8 embedding dimensions, 100 px output windows (f^l = 8)",
-        _nuclei_data((256, 256)),
+        "the bundled 2D model: 256 x 256 px generated nuclei images of the 'mixed' style "
+        "(sparse, dense, dim, large and DSB-like images, data.nuclei(style='mixed', seed=i)); "
+        "depth-3, f=2 net, 12 base channels, 8 embedding dimensions, 100 px output windows "
+        "(f^l = 8), coordinates 0.35 units/px, intensity scale 0.4-1.6, 4000 iterations",
+        _nuclei_data((256, 256), style="mixed"),
         48,
         {"ndim": 2, "depth": 3, "factor": 2, "base_channels": 12, "embedding_dim": 8,
          "upsampling": "learnt", "window": 100, "batch_size": 2, "iterations": 4000,
-         "lr": 2e-3, "seed": 0, "device": "cpu", "w_fg": 5.0, "p_elastic": 0.2,
-         "delta_d": 3.0},  # the shipped model's margin (before loss.DEFAULT_DELTA_D = 1.5)
+         "lr": 1e-3, "seed": 0, "device": "cpu", "w_fg": 5.0, "p_elastic": 0.2,
+         "delta_d": 1.5, "intensity_scale": (0.4, 1.6),
+         # COORD_SPAN over the real nuclei's 23 px; the mixed images' median (12 px) would
+         # give 0.65, whose offsets span 10 units on the large nuclei
+         "coord_scale": 0.35},
     ),
     "default-finetune": Preset(
         "default-finetune",
-        "stage 2 of the bundled 2D model: fine-tune the --preset default model (--from it) on "
-        "256 x 256 px generated nuclei of the 'mixed' style (sparse, dense, dim, large and "
-        "DSB-like images), intensity scale 0.4-1.6, lr 1e-3, delta_d 1.5, 1200 iterations",
+        "fine-tune a 2D model (--from it) on 256 x 256 px generated nuclei of the 'mixed' "
+        "style, intensity scale 0.4-1.6, lr 1e-3, delta_d 1.5, 1200 iterations; it keeps the "
+        "start model's coordinates (how the previous bundled model was made from the first)",
         _nuclei_data((256, 256), style="mixed"),
         48,
         {"ndim": 2, "depth": 3, "factor": 2, "base_channels": 12, "embedding_dim": 8,

@@ -24,11 +24,13 @@ import numpy as np
 import torch
 
 from ..errors import NSEError, is_cancelled
-from ..loss import TrainingLoss
+from ..labels import instance_sizes
+from ..loss import COORD_SPAN, TrainingLoss
 from ..model import ModelConfig, UNet, build_model, load_model, resolve_device, save_model
-from .calibrate import Calibration, calibrate, clear_calibration
+from ..options import model_coord_scale
+from .calibrate import Calibration, calibrate, clear_calibration, object_diameter
 from .config import ProgressFn, TrainConfig, TrainResult
-from .sampling import CropSampler, prepare_data, resolve_window, split_validation
+from .sampling import CropSampler, TrainArray, prepare_data, resolve_window, split_validation
 
 CHECKPOINT_KEY = "checkpoint"
 #: validations per run when ``val_every`` is None
@@ -119,6 +121,33 @@ def _start_model(config: TrainConfig, init_model: UNet | str | None, notes: list
     return model
 
 
+def _coord_scale(config: TrainConfig, model: UNet, started: bool, arrays: list[TrainArray],
+                 notes: list[str]) -> float:
+    """``config.coord_scale``; else the start model's when fine-tuning or resuming (its
+    embeddings mean that); else :data:`~..loss.COORD_SPAN` over the median training object's
+    diameter, when the model has an embedding channel per spatial axis (0 otherwise)."""
+    nd, dims = model.config.ndim, model.config.embedding_dim
+    if config.coord_scale is not None:
+        if config.coord_scale and dims < nd:
+            raise NSEError(f"coordinates (coord_scale {config.coord_scale:g}) need at least "
+                           f"{nd} embedding dimensions, the model has {dims}; set coord_scale "
+                           "0 or more embedding dimensions")
+        return config.coord_scale
+    if started:
+        return model_coord_scale(model.config)
+    if dims < nd:
+        notes.append(f"no coordinates: {dims} embedding dimensions are fewer than the {nd} "
+                     "spatial axes")
+        return 0.0
+    sizes = [n for a in arrays for i, n in instance_sizes(a.labels).items()
+             if i != config.ignore_index]
+    diameter = object_diameter(float(np.median(sizes)), nd)
+    scale = float(f"{min(max(COORD_SPAN / diameter, 0.02), 2.0):.3g}")
+    notes.append(f"coordinates: coord_scale {scale:g} embedding units per pixel "
+                 f"({COORD_SPAN:g} across the median object diameter, {diameter:.1f} px)")
+    return scale
+
+
 class Clock:
     """The time budget of one :func:`train` call and the schedule's progress fraction.
 
@@ -193,7 +222,7 @@ class Validator:
         predictor.run(np.asarray(self.images[0]), "correct")  # warm-up
         t0 = time.perf_counter()
         preds = [predictor.run(np.asarray(image), "correct") for image in self.images]
-        args = (preds[0], model.config.ndim, margin_bandwidth(model.config), 0.5,
+        args = (preds[0], model.config, margin_bandwidth(model.config), 0.5,
                 str(predictor.device))
         self.seconds_predict = time.perf_counter() - t0
         _cluster(*args)  # warm-up
@@ -304,9 +333,11 @@ def train(
                                         notes)
     val, val_desc = _validation_data(validation, arrays, raw, window, config, notes)
     device = resolve_device(config.device)
+    started = init_model is not None or state is not None
     loss_fn = TrainingLoss(delta_v=config.delta_v, delta_d=config.delta_d, w_fg=config.w_fg,
                            background=config.background, ignore_index=config.ignore_index,
-                           fg_kind=config.fg_loss)
+                           fg_kind=config.fg_loss,
+                           coord_scale=_coord_scale(config, model, started, arrays, notes))
     model.config.window = tuple(window)
     model.config.loss = loss_fn.config()
     clear_calibration(model.config)
