@@ -350,6 +350,17 @@ def test_coordinates_split_touching_objects_that_point_at_their_own_centres():
         cluster_embeddings(emb, fg, 1.0, coord_scale=-1, device="cpu")
 
 
+def test_coordinate_image_adds_positions_on_the_spatial_axes():
+    from napari_shift_equivariance.clustering.components import with_coordinate_image
+
+    emb = np.zeros((3, 2, 4, 5), np.float32)  # E=3 over a stack of two 4 x 5 planes
+    got = with_coordinate_image(emb, 0.5, 2)
+    np.testing.assert_allclose(got[0, 1, :, 0], [0, 0.5, 1, 1.5])
+    np.testing.assert_allclose(got[1, 0, 2], [0, 0.5, 1, 1.5, 2])
+    assert (got[2] == 0).all() and (emb == 0).all()
+    assert with_coordinate_image(emb, 0.0, 2) is emb
+
+
 def test_positions_add_then_append():
     from napari_shift_equivariance.clustering import NO_POSITIONS, Positions, with_positions
 

@@ -282,7 +282,8 @@ def test_coordinates_default_on_new_models_and_follow_the_start_model(pair):
     from napari_shift_equivariance.loss import COORD_SPAN
     from napari_shift_equivariance.train.calibrate import object_diameter
 
-    new = train([pair[0]], [pair[1]], tiny(iterations=1, val_every=0, calibrate=False))
+    new = train([pair[0]], [pair[1]], tiny(iterations=1, val_every=0, calibrate=False,
+                                           window=24))
     d = object_diameter(float(np.median(list(instance_sizes(pair[1]).values()))), 2)
     assert new.model.config.loss["coord_scale"] == pytest.approx(COORD_SPAN / d, rel=1e-2)
     assert any("coord_scale" in n and "median object diameter" in n for n in new.notes)
@@ -290,6 +291,9 @@ def test_coordinates_default_on_new_models_and_follow_the_start_model(pair):
     big = nuclei((64, 64), radius=(9.0, 12.0), seed=2)
     assert train([big[0]], [big[1]], tiny(iterations=1)).model.config.loss[
         "coord_scale"] < new.model.config.loss["coord_scale"]
+    assert not any("exceed half" in n for n in new.notes)
+    cut = train([big[0]], [big[1]], tiny(iterations=1))  # 12 px windows, 18-24 px nuclei
+    assert any("exceed half the 12 px training window" in n for n in cut.notes)
     new = new.model
     old = build_model(ModelConfig(depth=1, base_channels=2, embedding_dim=2), seed=0)
     assert "coord_scale" not in old.config.loss  # a model from before coordinates

@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from . import metrics
+from .clustering.components import with_coordinate_image
 from .errors import NSEError
 from .model import UNet, load_model
 from .segment import SegmentResult, relabel_sequential, segment
@@ -47,8 +48,9 @@ SPLIT_MAP_DEFINITION = (
     "two naive labels each cover >= 10 % (split only by naive stitching)"
 )
 EMBEDDING_DEFINITION = (
-    "mean L2 distance of the embeddings of neighbouring foreground pixels across tile borders "
-    "divided by the same mean within tiles (about 1: no seam)"
+    "mean L2 distance of the embeddings (plus the model's coordinates, as clustered) of "
+    "neighbouring foreground pixels across tile borders divided by the same mean within "
+    "tiles (about 1: no seam)"
 )
 AP_DEFINITION = "AP@0.5 = TP / (TP + FP + FN), optimal 1:1 matching at IoU >= 0.5"
 
@@ -146,7 +148,11 @@ def seam_figures(result: SegmentResult, reference: np.ndarray) -> dict[str, Any]
     mask = _border_mask(result.plan, result.labels.shape)
     seams = metrics.seam_splits(result.labels, reference, np.ascontiguousarray(mask))
     lead = result.labels.ndim - result.plan.ndim
-    stat = metrics.embedding_seam_statistic(result.prediction[:-1], result.labels > 0,
+    # in the space mean-shift clusters: with coordinates the offsets vary inside every object
+    # and only their sum with the positions is meant to be constant
+    points = with_coordinate_image(result.prediction[:-1], result.info.get("coord_scale") or 0.0,
+                                   result.plan.ndim)
+    stat = metrics.embedding_seam_statistic(points, result.labels > 0,
                                             [[]] * lead + result.plan.borders())
     return {"seam_splits": int(seams["count"]),
             "embedding_seam_statistic": _finite(stat["ratio"]),

@@ -210,6 +210,22 @@ def with_positions(points: np.ndarray, index: tuple[np.ndarray, ...], positions:
     return out
 
 
+def with_coordinate_image(embeddings: np.ndarray, scale: float, ndim: int) -> np.ndarray:
+    """An embedding image ``(E, *leading, *spatial)`` as mean-shift sees it for a model with
+    coordinates: ``scale`` times each pixel's position on the ``ndim`` spatial (last) axes
+    added to the first ``ndim`` channels. A new float32 array; ``embeddings`` itself when
+    ``scale`` is 0."""
+    if not scale:
+        return embeddings
+    e = np.array(embeddings, np.float32)
+    spatial = e.shape[e.ndim - ndim:]
+    for axis, n in enumerate(spatial):
+        view = [1] * (e.ndim - 1)
+        view[e.ndim - 1 - ndim + axis] = n
+        e[axis] += (float(scale) * np.arange(n, dtype=np.float32)).reshape(view)
+    return e
+
+
 def components(fg: np.ndarray) -> np.ndarray:
     """Connected components of a mask, touching diagonally counts (8- / 26-connectivity)."""
     return ndimage.label(fg, structure=np.ones((3,) * fg.ndim, bool))[0]
