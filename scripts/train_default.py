@@ -40,7 +40,9 @@ RECIPES = {
     # the shipped default_2d.pt: the preset as it is (mixed style, coordinates), from scratch
     "default": {"style": "mixed", "n_images": 48, "shape": (256, 256), "config": {}},
     "default3d": {"style": "mixed", "n_images": 16, "shape": (48, 96, 96),
-                  "config": {"delta_d": 1.5, "intensity_scale": (0.4, 1.6)}},
+                  # windows that hold the large nuclei whole (24 voxels cut them: AP 0.06)
+                  "config": {"delta_d": 1.5, "intensity_scale": (0.4, 1.6),
+                             "window": (20, 40, 40)}},
 }
 VALIDATION_SEED = 5000
 REAL = Path("/work/shared/data/nuclei-2d-real")
