@@ -38,7 +38,7 @@ DEFAULT_DELTA_D = 1.5
 #: Embedding units across the median training object's diameter: new models take
 #: ``coord_scale = COORD_SPAN / diameter`` (``train``), so an object's offsets span the same
 #: embedding distance whatever its size in pixels, and touching neighbours' centres land about
-#: that far apart. Measured on real nuclei (22 px): 0.2 and 0.4 units per pixel (4.4 and 8.8
+#: that far apart. Measured on real nuclei (23 px): 0.2 and 0.4 units per pixel (4.7 and 9.4
 #: across) gave calibrated AP@0.5 0.77 and 0.81, 0.6 and 1.0 fell to 0.59 and 0.55 on a
 #: held-out grid (docs/training.md, "Coordinates").
 COORD_SPAN = 8.0

@@ -70,7 +70,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--coord-scale", type=float, metavar="UNITS_PER_PX",
                    help="coordinates: embedding units per pixel added to the first ndim "
                    "embedding channels, so each pixel learns to point at its object's centre "
-                   "(default 0.2 for new models, the start model's when fine-tuning; 0: off)")
+                   "(default for new models: 8 / the median object diameter in px; the start "
+                   "model's when fine-tuning; 0: off)")
     t.add_argument("--background", choices=["ignore", "instance"],
                    help="ignore: background only in the foreground channel (default); "
                    "instance: background is one more instance (the paper)")
