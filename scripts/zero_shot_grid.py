@@ -6,8 +6,9 @@ The model predicts once per image: the real nuclei *training* rows 0-282 (the de
 never seen them; the rows the quality benchmark holds out, 307-511, are not read) and two
 generated images per style (seeds 900-901, apart from the benchmark's 200+ and the
 calibration's 5000+). Each prediction is then clustered on a grid of bandwidth x foreground
-threshold (minimum size 18), and filtered again by a size relative to the image's own objects:
-instances smaller than ``rel`` x the median instance size are dropped. One line per setting,
+threshold at the model's calibrated minimum size (18 for the shipped default), and filtered
+again by a size relative to the image's own objects: instances smaller than ``rel`` x the
+median instance size are dropped. One line per setting,
 best real score first: real AP@0.5, the mean over the generated styles, then each style.
 """
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import sys
 import warnings
 from pathlib import Path
@@ -26,8 +28,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_quality import REAL, real_data  # noqa: E402
 
 from napari_shift_equivariance.data import nuclei  # noqa: E402
+from napari_shift_equivariance.labels import instance_sizes, remove_small  # noqa: E402
 from napari_shift_equivariance.metrics import evaluate, pool  # noqa: E402
 from napari_shift_equivariance.model import load_model  # noqa: E402
+from napari_shift_equivariance.options import ClusterOptions  # noqa: E402
 from napari_shift_equivariance.segment import segment, segment_prediction  # noqa: E402
 
 STYLES = ("sparse", "dense", "dim", "large", "dsb")
@@ -38,10 +42,10 @@ RELATIVE = (0.0, 0.1, 0.2, 0.3)
 
 def drop_relative(labels: np.ndarray, fraction: float) -> np.ndarray:
     """Labels without the instances smaller than ``fraction`` x their median size."""
-    ids, counts = np.unique(labels[labels > 0], return_counts=True)
-    if not fraction or not len(ids):
+    sizes = list(instance_sizes(labels).values())
+    if not fraction or not sizes:
         return labels
-    return np.where(np.isin(labels, ids[counts < fraction * np.median(counts)]), 0, labels)
+    return remove_small(labels, math.ceil(fraction * float(np.median(sizes))))
 
 
 def main() -> None:
@@ -51,6 +55,7 @@ def main() -> None:
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
+    min_size = ClusterOptions().resolve(model.config).min_size
     (image, labels), _ = real_data(REAL)
     sets = {"real": [(image, labels)]}
     for style in STYLES:
@@ -62,7 +67,7 @@ def main() -> None:
         lines = []
         for bw, fg in itertools.product(BANDWIDTHS, FG_THRESHOLDS):
             labs = {name: [(segment_prediction(r.prediction, r.plan, model.config, bandwidth=bw,
-                                               fg_threshold=fg, min_size=18,
+                                               fg_threshold=fg, min_size=min_size,
                                                device="cpu").labels, g) for r, g in runs]
                     for name, runs in preds.items()}
             for rel in RELATIVE:
