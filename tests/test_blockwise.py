@@ -139,6 +139,34 @@ def test_a_component_larger_than_a_block(tmp_path, case2d):
     assert same_partition(zarr.open_array(str(tmp_path / "l.zarr"))[:], ref.labels)
 
 
+@pytest.mark.parametrize("block", [16, (16, 32)])
+def test_relative_min_size_blockwise_equals_in_memory(tmp_path, case2d, block):
+    # the threshold is a fraction of the median over the whole image: blockwise gathers every
+    # block's and every owner's sizes before it numbers the instances
+    model, image, kw, ref = case2d
+    kw = {**kw, "relative_min_size": 1.0}
+    rel = segment(model, image, "correct", 8, **kw)
+    assert rel.info["relative_threshold"] > kw["min_size"]
+    assert 0 < rel.n_instances < ref.n_instances  # the filter does drop instances here
+    res = segment_blockwise(model, image, tmp_path / "l.zarr", block=block, tile=8, **kw)
+    assert res.info["n_crossing"] > 0
+    assert res.info["relative_threshold"] == rel.info["relative_threshold"]
+    labels = zarr.open_array(str(tmp_path / "l.zarr"))[:]
+    assert same_partition(labels, rel.labels)
+    assert res.n_instances == rel.n_instances == int(labels.max())
+    assert np.array_equal(np.unique(labels), np.arange(rel.n_instances + 1))  # 1..K
+
+
+def test_relative_min_size_over_a_stack_is_one_median(tmp_path):
+    model = _model()
+    stack = np.stack([_nuclei((40, 44), seed=s) for s in range(3)])
+    kw = {**_options(model, stack), "relative_min_size": 1.0}
+    ref = segment(model, stack, "correct", 8, **kw)
+    assert ref.info["relative_threshold"] > kw["min_size"]
+    segment_blockwise(model, stack, tmp_path / "s.zarr", block=16, tile=8, **kw)
+    assert same_partition(zarr.open_array(str(tmp_path / "s.zarr"))[:], ref.labels)
+
+
 def test_2d_model_on_a_stack_plane_by_plane(tmp_path):
     model = _model()
     stack = np.stack([_nuclei((40, 44), seed=s) for s in range(3)])

@@ -11,6 +11,8 @@ from napari_shift_equivariance.labels import (
     instance_ids,
     instance_sizes,
     relabel_sequential,
+    relative_size_threshold,
+    remove_relative,
     remove_small,
     split_instances,
     split_message,
@@ -88,3 +90,27 @@ def test_touching_borders_and_the_boundary_gap():
     gap = with_boundary_gap(lab, ignore_index=7)
     assert (gap[1:5, 4:6] == 0).all() and gap[0, 0] == 7 and lab[1, 4] == 1  # a copy
     assert not touching_borders(np.where(lab == 2, 0, lab), 7).any()  # alone: no border
+
+
+def test_relative_size_threshold_is_a_fraction_of_the_median():
+    assert relative_size_threshold([10, 100, 200], 0.3) == 30
+    assert relative_size_threshold([10, 100, 200], 0.25) == 25
+    assert relative_size_threshold([7, 9], 0.5) == 4  # median 8
+    assert relative_size_threshold([], 0.3) == 0 and relative_size_threshold([5], 0) == 0
+
+
+def test_remove_relative_drops_fragments_of_each_images_own_scale():
+    big = np.zeros((40, 40), np.uint16)
+    big[0:10, 0:10], big[20:30, 0:10], big[0:10, 20:30] = 3, 5, 7  # 100 px each
+    big[35:37, 35:37] = 9  # a 4 px fragment
+    out, threshold = remove_relative(big, 0.2)
+    assert threshold == 20 and out.dtype == np.uint32
+    assert sorted(instance_sizes(out).values()) == [100, 100, 100]
+    assert np.array_equal(np.unique(out), [0, 1, 2, 3])
+    small = (big // 10).astype(np.uint16)  # nothing: all zero
+    assert remove_relative(small, 0.2)[1] == 0
+    tiny = np.zeros((8, 8), np.uint8)
+    tiny[0:2, 0:2], tiny[4:6, 4:6], tiny[7, 7] = 1, 2, 3  # 4, 4, 1 px: the scale is the image's
+    out, threshold = remove_relative(tiny, 0.5)
+    assert threshold == 2 and sorted(instance_sizes(out).values()) == [4, 4]
+    assert remove_relative(tiny, 0.0)[0] is not None and tiny.max() == 3  # input unchanged

@@ -17,14 +17,16 @@ from napari_shift_equivariance.options import (
 
 def test_cluster_options_resolve_from_the_models_calibration():
     cfg = ModelConfig(ndim=2, depth=2, extra={"bandwidth": 2.5, "fg_threshold": 0.3,
-                                              "min_size": 7, "spatial_radius": 9.0})
+                                              "min_size": 7, "spatial_radius": 9.0,
+                                              "relative_min_size": 0.2})
     got = ClusterOptions().resolve(cfg)
-    assert (got.bandwidth, got.fg_threshold, got.min_size, got.spatial_radius) == (
-        2.5, 0.3, 7, 9.0)
+    assert (got.bandwidth, got.fg_threshold, got.min_size, got.spatial_radius,
+            got.relative_min_size) == (2.5, 0.3, 7, 9.0, 0.2)
     assert got.resolved and not ClusterOptions().resolved
     # what the user sets wins over the model's (0 switches the positions off)
     mine = ClusterOptions(bandwidth=1.0, fg_threshold=0.6, min_size=0,
-                          spatial_radius=0).resolve(cfg)
+                          spatial_radius=0, relative_min_size=0).resolve(cfg)
+    assert mine.relative_min_size == 0.0
     assert (mine.bandwidth, mine.fg_threshold, mine.min_size, mine.spatial_radius) == (
         1.0, 0.6, 0, 0.0)
 
@@ -46,6 +48,7 @@ def test_cluster_options_without_calibration_use_margins_and_defaults():
     assert got.bandwidth == estimate_bandwidth_from_margins(0.5, 3.0)
     assert got.fg_threshold == 0.5 and got.min_size == DEFAULT_MIN_SIZE[3]
     assert got.spatial_radius == 0.0  # embeddings only
+    assert got.relative_min_size == 0.0  # no relative size filter
     assert got.coord_scale == 0.0  # a model trained without coordinates
     assert got.block_shape is not None and len(got.block_shape) == 3
 
@@ -58,6 +61,8 @@ def test_cluster_options_without_calibration_use_margins_and_defaults():
     ({"block_shape": (8, 0)}, "block shape"), ({"spatial_radius": -1}, "spatial radius"),
     ({"spatial_radius": float("inf")}, "spatial radius"), ({"spatial_radius": "far"}, "spatial"),
     ({"coord_scale": -0.1}, "coordinate scale"), ({"coord_scale": "x"}, "coordinate scale"),
+    ({"relative_min_size": 1.5}, "relative min size .* fraction"),
+    ({"relative_min_size": -0.1}, "relative min size"),
 ])
 def test_cluster_options_reject_bad_values(kwargs, match):
     with pytest.raises(NSEError, match=match):

@@ -103,6 +103,32 @@ def test_labels_sequential_and_small_fragments_removed():
     assert info["n_instances"] == 4 and _ari(labels, gt) == 1.0
 
 
+def test_relative_min_size_drops_what_is_small_for_this_image_over_all_planes():
+    # plane 0: objects of 120, 225 and 180 px and a 16 px fragment; plane 1: three 16 px
+    # nuclei. The median over both planes is 16 px, so 0.5 of it keeps everything; plane 0
+    # alone has a median of 150 px and loses its fragment
+    plane = np.zeros((2, 40, 50), np.uint32)
+    plane[0, 2:12, 3:15], plane[0, 20:35, 5:20], plane[0, 15:30, 30:42] = 1, 2, 3
+    plane[0, 36:40, 46:50] = 4
+    for k, x in enumerate((2, 12, 22), start=5):
+        plane[1, 5:9, x:x + 4] = k
+    pred = np.zeros((3, *plane.shape), np.float32)
+    for k in range(1, 8):
+        pred[0][plane == k] = 10.0 * k
+    pred[-1] = (plane > 0).astype(np.float32)
+    both, info = instances_from_prediction(pred, 2, bandwidth=2.0, min_size=0,
+                                           relative_min_size=0.5)
+    assert info["relative_threshold"] == 8 and info["n_instances"] == 7
+    alone, info = instances_from_prediction(pred[:, :1], 2, bandwidth=2.0, min_size=0,
+                                            relative_min_size=0.5)
+    assert info["relative_threshold"] == 75 and info["n_instances"] == 3
+    assert not alone[plane[:1] == 4].any()
+    assert set(np.unique(alone)) == {0, 1, 2, 3}
+    model = _model()
+    res = segment(model, _nuclei()[0], "whole", device="cpu", relative_min_size=0.3)
+    assert res.info["relative_min_size"] == 0.3 and res.info["cluster"]["relative_min_size"] == 0.3
+
+
 def test_relabel_sequential():
     lab = np.array([[0, 7, 7], [3, 0, 100]])
     out, k = relabel_sequential(lab, start=5)

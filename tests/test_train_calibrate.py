@@ -59,14 +59,15 @@ def test_calibration_finds_the_settings_and_beats_the_defaults(scene):
     assert cal.ap >= 0.9 > cal.default_ap
     assert cal.data == "synthetic" and cal.n_images == 1
     assert cal.n_instances == len(np.unique(gt)) - 1
+    sizes = len(cal.grid["min_size"]) * len(cal.grid["relative_min_size"])
     assert len(cal.scores) < len(cal.grid["bandwidth"]) * len(cal.grid["fg_threshold"]) * len(
-        cal.grid["min_size"]) * len(cal.grid["spatial_radius"])  # coordinate search
+        cal.grid["spatial_radius"]) * sizes  # coordinate search
     best = max(s["ap"] for s in cal.scores)
     assert cal.ap == best
     full = calibrate(model, [gt], [gt], predictions=[pred], search="full", device="cpu")
     assert full.ap >= cal.ap and len(full.scores) == (
         len(full.grid["bandwidth"]) * len(full.grid["fg_threshold"]) * len(full.grid["min_size"])
-        * len(full.grid["spatial_radius"]))
+        * len(full.grid["relative_min_size"]) * len(full.grid["spatial_radius"]))
     assert full.grid["spatial_radius"][0] == 0.0 and len(full.grid["spatial_radius"]) > 1
 
 
@@ -180,3 +181,39 @@ def test_calibration_picks_a_spatial_radius_when_embeddings_alone_merge_touching
     cal.apply(model)
     assert model.config.extra["spatial_radius"] == cal.spatial_radius
     assert ClusterOptions().resolve(model.config).spatial_radius == cal.spatial_radius
+
+
+def test_calibration_picks_a_relative_min_size_when_fragments_scale_with_the_objects():
+    # two images, nuclei of 400 px and of 36 px; each over-split leaves a fragment of about a
+    # tenth of its nucleus: the 36 px fragments of the first survive any absolute size that
+    # keeps the second's 36 px nuclei, a fraction of each image's median drops both kinds
+    def image(side, n, seed):
+        rng = np.random.default_rng(seed)
+        gt = np.zeros((n * (side + 8), 4 * (side + 8)), np.int32)
+        pred = np.zeros((3, *gt.shape), np.float32)
+        pred[:2] = rng.normal(0, 0.02, (2, *gt.shape))
+        k = 0
+        for i in range(n):
+            for j in range(4):
+                k += 1
+                y, x = i * (side + 8) + 2, j * (side + 8) + 2
+                gt[y:y + side, x:x + side] = k
+                pred[0, y:y + side, x:x + side] += 3.0 * k  # one cluster per nucleus
+                f = max(side // 3, 2)  # and a fragment beside it with its own embedding
+                pred[1, y + side + 1:y + side + 1 + f, x:x + f] += 50.0 + 3.0 * k
+                pred[2, y + side + 1:y + side + 1 + f, x:x + f] = 0.9
+        pred[2][gt > 0] = 0.9
+        return gt, pred
+
+    (g1, p1), (g2, p2) = image(20, 3, 0), image(6, 3, 1)
+    model = tiny_model()
+    cal = calibrate(model, [g1, g2], [g1, g2], predictions=[p1, p2], device="cpu",
+                    bandwidths=[1.0], fg_thresholds=[0.5])
+    off = max(s["ap"] for s in cal.scores if s["relative_min_size"] == 0)
+    assert cal.relative_min_size > 0 and cal.ap == 1.0 > off
+    cal.apply(model)
+    assert ClusterOptions().resolve(model.config).relative_min_size == cal.relative_min_size
+    labels, info = instances_from_prediction(p1, 2, ClusterOptions().resolve(model.config),
+                                             device="cpu")
+    assert info["relative_threshold"] > 36 and labels.max() == 12
+    assert "median size" in cal.describe()

@@ -212,6 +212,26 @@ def test_spatial_radius_auto_and_set(make_napari_viewer, qtbot):
 
 
 @pytest.mark.napari
+def test_relative_min_size_auto_and_set(make_napari_viewer, qtbot):
+    viewer, w = dock(make_napari_viewer)
+    image, _ = periodic_disks((64, 64), radius=5, spacing=15, noise=0.01, seed=1)
+    viewer.add_image(image, name="disks")
+    model = tiny_model(bandwidth=0.35, fg_threshold=0.3, min_size=0, relative_min_size=0.25)
+    w.model.value = ModelSource.registry(REGISTRY.add(model, "relative"))
+    assert "0.25 × median" in w.cluster_info.value
+    assert w.relative_min_size.spin.value == pytest.approx(0.25)
+    assert w.cluster_options().relative_min_size is None  # auto: resolved from the model
+    w.relative_min_size.value = 0.9
+    assert w.cluster_options().relative_min_size == pytest.approx(0.9)
+    w.stitch.value, w.tile.value, w.device.value = "correct", 16, "cpu"
+    job = w.run()
+    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
+    assert w.last_result.info["relative_min_size"] == pytest.approx(0.9)
+    api = segment(model, image, "correct", 16, device="cpu", relative_min_size=0.9)
+    np.testing.assert_array_equal(viewer.layers["disks labels [correct 16]"].data, api.labels)
+
+
+@pytest.mark.napari
 def test_whole_image_mode(make_napari_viewer, qtbot):
     viewer, w = dock(make_napari_viewer)
     image, _ = periodic_disks((40, 40), radius=5, spacing=15, noise=0.01, seed=1)

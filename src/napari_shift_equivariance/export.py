@@ -202,7 +202,8 @@ def _coordinates_note(config: ModelConfig) -> str:
 
 def _readme(config: ModelConfig, name: str) -> str:
     g = config.geometry
-    cal = {k: config.extra.get(k) for k in ("bandwidth", "fg_threshold", "min_size")
+    cal = {k: config.extra.get(k) for k in ("bandwidth", "fg_threshold", "min_size",
+                                            "relative_min_size")
            if (config.extra or {}).get(k) is not None}
     return textwrap.dedent(f"""\
         # {name}

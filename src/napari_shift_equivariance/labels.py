@@ -6,6 +6,7 @@ sequential); an optional ``ignore_index`` marks unannotated pixels. numpy/scipy 
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
@@ -83,6 +84,25 @@ def remove_small(labels: np.ndarray, min_size: int) -> np.ndarray:
     lut = np.zeros(len(sizes), np.uint32)
     lut[keep] = np.arange(1, int(keep.sum()) + 1, dtype=np.uint32)
     return lut[labels]
+
+
+def relative_size_threshold(sizes: Any, fraction: float) -> int:
+    """The pixel count below which an instance is smaller than ``fraction`` x the median of
+    ``sizes`` (0 when ``fraction`` is 0 or there are no sizes)."""
+    sizes = np.asarray(sizes, dtype=np.float64).ravel()
+    if not fraction or sizes.size == 0:
+        return 0
+    return int(math.ceil(float(fraction) * float(np.median(sizes)) - 1e-9))
+
+
+def remove_relative(labels: np.ndarray, fraction: float) -> tuple[np.ndarray, int]:
+    """Labels without the instances smaller than ``fraction`` x their median size, renumbered
+    1..K in order (uint32), and the pixel threshold used."""
+    sizes = np.bincount(np.asarray(labels).ravel())[1:]
+    threshold = relative_size_threshold(sizes[sizes > 0], fraction)
+    if threshold <= 1:
+        return np.asarray(labels), threshold
+    return remove_small(labels, threshold), threshold
 
 
 def split_instances(labels: np.ndarray, ignore_index: int | None = None,

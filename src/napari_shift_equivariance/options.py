@@ -6,8 +6,8 @@ they round-trip through plain dicts (``to_dict`` / ``from_dict``) for JSON and s
 
 ``ClusterOptions`` leaves a value ``None`` to mean "the model's": :meth:`ClusterOptions.resolve`
 fills it from the calibration that training stores in ``config.extra`` (``"bandwidth"``,
-``"fg_threshold"``, ``"min_size"``, ``"spatial_radius"``), or else from the loss margins and
-the defaults below.
+``"fg_threshold"``, ``"min_size"``, ``"relative_min_size"``, ``"spatial_radius"``), or else
+from the loss margins and the defaults below.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ AMPS = ("none", "bf16", "fp16")
 DEFAULT_MIN_SIZE = {2: 10, 3: 30}
 DEFAULT_FG_THRESHOLD = 0.5
 #: The keys of ``ModelConfig.extra`` that calibration writes and :meth:`resolve` reads.
-CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size", "spatial_radius")
+CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size", "relative_min_size",
+                    "spatial_radius")
 
 
 def check_known_fields(cls: type, d: Mapping[str, Any], what: str) -> None:
@@ -48,6 +49,14 @@ def check_off_or_positive(value: Any, what: str) -> float:
         raise NSEError(f"{what} must be a number, got {value!r}") from None
     if not (math.isfinite(r) and r >= 0):
         raise NSEError(f"{what} must be a non-negative number (0: off), got {r}")
+    return r
+
+
+def check_fraction(value: Any, what: str) -> float:
+    """``value`` as a float in [0, 1]; else one clear error."""
+    r = check_off_or_positive(value, what)
+    if r > 1:
+        raise NSEError(f"{what} must lie between 0 and 1 (a fraction), got {r}")
     return r
 
 
@@ -109,6 +118,12 @@ class ClusterOptions(_Options):
     min_size
         Instances with fewer pixels are removed; ``None``: the model's, else
         :data:`DEFAULT_MIN_SIZE`.
+    relative_min_size
+        Instances smaller than this fraction of the image's median instance size are removed
+        too (after ``min_size``; the median is over every plane of the image, so blockwise
+        runs give the same labels). Drops the slivers and fragments an over-split leaves
+        whatever the objects' size; ``0``: off; ``None``: the model's calibrated value,
+        else 0.
     scope
         What mean-shift sees at once: each connected foreground ``"component"`` (default), the
         whole plane (``"global"``) or spatial ``"block"``\\ s of ``block_shape``.
@@ -137,6 +152,7 @@ class ClusterOptions(_Options):
     backend: str = "torch"
     spatial_radius: float | None = None
     coord_scale: float | None = None
+    relative_min_size: float | None = None
 
     def __post_init__(self) -> None:
         b = self.bandwidth
@@ -165,6 +181,9 @@ class ClusterOptions(_Options):
             object.__setattr__(self, "min_size", int(m))
         if self.spatial_radius is not None:
             object.__setattr__(self, "spatial_radius", check_spatial_radius(self.spatial_radius))
+        if self.relative_min_size is not None:
+            object.__setattr__(self, "relative_min_size",
+                               check_fraction(self.relative_min_size, "relative min size"))
         if self.coord_scale is not None:
             object.__setattr__(self, "coord_scale", check_coord_scale(self.coord_scale))
         _choice("scope", self.scope, SCOPES)
@@ -175,7 +194,7 @@ class ClusterOptions(_Options):
     def resolved(self) -> bool:
         """Whether every model-dependent value is set."""
         return None not in (self.bandwidth, self.fg_threshold, self.min_size,
-                            self.spatial_radius, self.coord_scale)
+                            self.spatial_radius, self.coord_scale, self.relative_min_size)
 
     def resolve(self, config: Any) -> ClusterOptions:
         """These options with every ``None`` filled from the model ``config``
@@ -195,6 +214,9 @@ class ClusterOptions(_Options):
             changes["spatial_radius"] = float(r) if r is not None else 0.0
         if self.coord_scale is None:
             changes["coord_scale"] = model_coord_scale(config)
+        if self.relative_min_size is None:
+            f = extra.get("relative_min_size")
+            changes["relative_min_size"] = float(f) if f is not None else 0.0
         if self.scope == "block" and self.block_shape is None:
             from .tiling import DEFAULT_TILE
 

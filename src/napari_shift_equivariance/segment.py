@@ -19,6 +19,7 @@ import numpy as np
 
 from .data import relabel_sequential
 from .errors import Cancelled, NSEError
+from .labels import remove_relative
 from .model import ModelConfig, UNet, load_model
 from .options import DEFAULT_MIN_SIZE, SCOPES, ClusterOptions, cluster_options
 from .predict import Predictor
@@ -76,8 +77,10 @@ def instances_from_prediction(
     give a bandwidth; an unset foreground threshold is 0.5, an unset ``min_size``
     :data:`DEFAULT_MIN_SIZE` and an unset ``block_shape`` (scope ``"block"``) the default
     tile. Every plane over the leading axes is clustered on its own; labels are sequential
-    over the whole array. Returns the labels and ``{"n_instances", "n_foreground",
-    "min_size", "warnings"}``.
+    over the whole array. A ``relative_min_size`` then removes the instances smaller than that
+    fraction of the median instance size over the whole array. Returns the labels and
+    ``{"n_instances", "n_foreground", "min_size", "relative_threshold", "warnings"}``
+    (``relative_threshold``: the pixel count the relative filter used, 0 when off).
     """
     from .clustering import cluster_embeddings
 
@@ -118,6 +121,10 @@ def instances_from_prediction(
             raise Cancelled("segmentation cancelled")
         if progress is not None:
             progress(100 * (i + 1), steps)
+    threshold = 0
+    if opts.relative_min_size and count:
+        labels, threshold = remove_relative(labels, opts.relative_min_size)
+        count = int(labels.max())
     n_fg = int(foreground.sum())
     notes = []
     if n_fg == 0:
@@ -132,7 +139,7 @@ def instances_from_prediction(
     for note in notes:
         warnings.warn(note, EmptyForegroundWarning, stacklevel=2)
     return labels, {"n_instances": count, "n_foreground": n_fg, "min_size": opts.min_size,
-                    "warnings": notes}
+                    "relative_threshold": threshold, "warnings": notes}
 
 
 @dataclass(frozen=True)
@@ -171,6 +178,7 @@ def segment(
     fg_threshold: float | None = None,
     backend: str | None = None,
     spatial_radius: float | None = None,
+    relative_min_size: float | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     amp: str | None = None,
@@ -193,10 +201,10 @@ def segment(
     mode, tile
         Stitching: ``"whole"`` (one pass), ``"correct"`` (``n*f^l`` tiles on the global
         grid: equal to ``"whole"``) or ``"naive"`` (tiles of exactly ``tile``).
-    bandwidth, fg_threshold, min_size
+    bandwidth, fg_threshold, min_size, relative_min_size
         Mean-shift bandwidth in embedding units, foreground probability threshold, smallest
-        instance in pixels; ``None``: the model's calibrated values (see
-        :class:`~.options.ClusterOptions`).
+        instance in pixels and as a fraction of the image's median instance size; ``None``:
+        the model's calibrated values (see :class:`~.options.ClusterOptions`).
     scope, block_shape, backend
         What mean-shift sees at once (``"component"``, ``"global"`` or ``"block"``), the block
         size for ``"block"``, and the mean-shift implementation (``"torch"``, ``"sklearn"``).
@@ -218,8 +226,8 @@ def segment(
     config = model.config
     opts = cluster_options(cluster, bandwidth=bandwidth, scope=scope, min_size=min_size,
                            fg_threshold=fg_threshold, backend=backend,
-                           block_shape=block_shape, spatial_radius=spatial_radius
-                           ).resolve(config)
+                           block_shape=block_shape, spatial_radius=spatial_radius,
+                           relative_min_size=relative_min_size).resolve(config)
 
     predictor = Predictor(model, device, amp, batch_size, pad)
     plan = predictor.plan(image.shape, mode, tile, channel_axis)
@@ -272,6 +280,7 @@ def segment_prediction(
         "backend": opts.backend,
         "spatial_radius": opts.spatial_radius,
         "coord_scale": opts.coord_scale,
+        "relative_min_size": opts.relative_min_size,
         "cluster": opts.to_dict(),
         "device": str(device),
         "times": {"predict": 0.0, "cluster": t1 - t0, "total": t1 - t0},

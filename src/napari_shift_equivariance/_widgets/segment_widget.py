@@ -117,6 +117,10 @@ SETTINGS = (
     setting("min_size", Auto, None, label="Min size (px)", spin=SpinBox, auto_text=_AUTO,
             min=0, max=100_000, tooltip="smaller objects become background; auto: the "
             "model's calibrated size, else 10 px (2D) / 30 voxels (3D)"),
+    setting("relative_min_size", Auto, None, label="Min size (× median)", auto_text=_AUTO,
+            min=0.0, max=1.0, step=0.05, tooltip="also remove objects smaller than this "
+            "fraction of the image's median object size (fragments of over-split objects); "
+            "0: off; auto: the model's calibrated fraction, else 0"),
     setting("spatial_radius", Auto, None, label="Spatial radius (px)", auto_text=_AUTO,
             min=0.0, max=1000.0, step=0.5, tooltip="cluster embeddings and pixel positions "
             "together, this many pixels weighing one bandwidth (about the objects' radius to "
@@ -210,8 +214,8 @@ class SegmentWidget(SettingsOwner, Container, ResultViews):
             self.device,
         ])
         self.options_w = Container(widgets=[
-            self.bandwidth, self.fg_threshold, self.min_size, self.spatial_radius,
-            self.cluster_info, self.scope,
+            self.bandwidth, self.fg_threshold, self.min_size, self.relative_min_size,
+            self.spatial_radius, self.cluster_info, self.scope,
             self.pad, self.batch_size, self.raw_channels, self.context_boxes,
             self.napari_progress, self.defaults_btn,
         ])
@@ -327,6 +331,7 @@ class SegmentWidget(SettingsOwner, Container, ResultViews):
         auto = ClusterOptions().resolve(config)
         for w, value in ((self.bandwidth, auto.bandwidth),
                          (self.fg_threshold, auto.fg_threshold), (self.min_size, auto.min_size),
+                         (self.relative_min_size, auto.relative_min_size),
                          (self.spatial_radius, auto.spatial_radius)):
             w.show_auto(value)
         extra = config.extra or {}
@@ -335,7 +340,8 @@ class SegmentWidget(SettingsOwner, Container, ResultViews):
                "not calibrated: bandwidth from the loss margins")
         self.cluster_info.value = (f"auto (model): bandwidth {auto.bandwidth:.3g} · "
                                    f"foreground > {auto.fg_threshold:.2f} · min size "
-                                   f"{auto.min_size} px · spatial radius "
+                                   f"{auto.min_size} px, {auto.relative_min_size:.2g} × "
+                                   f"median · spatial radius "
                                    f"{auto.spatial_radius:.3g} px — {how}")
 
     def _on_registry_changed(self, name: str) -> None:
@@ -548,7 +554,8 @@ class SegmentWidget(SettingsOwner, Container, ResultViews):
                               fg_threshold=self.fg_threshold.value,
                               min_size=None if min_size is None else int(min_size),
                               scope=str(self.scope.value),
-                              spatial_radius=self.spatial_radius.value)
+                              spatial_radius=self.spatial_radius.value,
+                              relative_min_size=self.relative_min_size.value)
 
     def _options(self) -> dict[str, Any]:
         batch = self.batch_size.value

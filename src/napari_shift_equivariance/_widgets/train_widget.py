@@ -442,8 +442,7 @@ class TrainWidget(SettingsOwner, Container):
         cal = getattr(result, "calibration", None)
         if cal is not None:  # train() calibrates at the end, also after Stop
             self.val_info.value = (
-                f"validation AP@0.5: {cal.ap:.3f} calibrated (bandwidth {cal.bandwidth:.3g}, "
-                f"threshold {cal.fg_threshold:.2g}, min size {cal.min_size}; uncalibrated "
+                f"validation AP@0.5: {cal.ap:.3f} calibrated ({cal.describe()}; uncalibrated "
                 f"{cal.default_ap:.3f})")
         self.status.tooltip = "\n".join(getattr(result, "notes", []) or [])
         notify(f"training {how}: model {self.model_name!r}")

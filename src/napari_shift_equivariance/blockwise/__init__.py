@@ -65,7 +65,8 @@ def segment_blockwise(model: Any, image: Any, out: Any, block: Any = None, clien
         ``progress(stage, done, total)``, stages ``predict``, ``merge``, ``cluster``, ``write``.
     **kwargs
         ``tile``, ``cluster`` (:class:`~napari_shift_equivariance.options.ClusterOptions`),
-        ``bandwidth``, ``fg_threshold``, ``min_size``, ``spatial_radius``, ``device``,
+        ``bandwidth``, ``fg_threshold``, ``min_size``, ``spatial_radius``,
+        ``relative_min_size``, ``device``,
         ``batch_size``, ``amp``,
         ``pad``, ``channel_axis``, ``resume``, ``overwrite``, ``cancel``, ``omezarr_name``,
         ``threads_per_worker``: see :func:`run_blockwise`.
@@ -79,7 +80,8 @@ def predict_blockwise(model: Any, image: Any, out: Any, block: Any = None, clien
                       ) -> BlockwiseResult:
     """The network output ``(E + 1, *leading, *spatial)`` written block by block to ``out``
     (a zarr array chunked one block per chunk); arguments as :func:`segment_blockwise`."""
-    for key in ("cluster", "bandwidth", "fg_threshold", "min_size", "spatial_radius"):
+    for key in ("cluster", "bandwidth", "fg_threshold", "min_size", "spatial_radius",
+                "relative_min_size"):
         if kwargs.get(key) is not None:
             raise NSEError(f"predict_blockwise takes no {key}")
     return _drain(run_blockwise(model, image, out, kind="predict", block=block, client=client,

@@ -47,6 +47,7 @@ from ..clustering import (
 )
 from ..errors import Cancelled, NSEError, is_cancelled
 from ..io import check_image, read_image
+from ..labels import relative_size_threshold
 from ..model import UNet, load_model
 from ..options import ClusterOptions, cluster_options
 from ..predict import AxisLayout, Predictor, auto_batch_size, axis_layout
@@ -270,7 +271,8 @@ def task_label(key: str, index: int) -> int:
         k = int(local.max())
     ids = np.nonzero(touch)[0]
     m = len(ids)
-    marker: dict[str, Any] = {"k": k, "m": m, "n_fg": int(fg.sum())}
+    marker: dict[str, Any] = {"k": k, "m": m, "n_fg": int(fg.sum()),
+                              "sizes": np.bincount(local.ravel(), minlength=k + 1)[1:]}
     if m:
         number = np.zeros(n + 1, np.uint32)
         number[ids] = np.arange(1, m + 1, dtype=np.uint32)
@@ -354,32 +356,60 @@ def task_cluster(key: str, owner: int, comps: list[list[tuple[int, int]]]) -> in
             keys.append((b, lid))
             vals.append(values[pos])
             starts.append(starts[-1] + len(pos))
-    job.store.mark("cluster", owner, k=int(values.max(initial=0)), keys=np.array(keys, np.int64),
-                   starts=np.array(starts, np.int64), values=np.concatenate(vals))
+    k = int(values.max(initial=0))
+    job.store.mark("cluster", owner, k=k, keys=np.array(keys, np.int64),
+                   starts=np.array(starts, np.int64), values=np.concatenate(vals),
+                   sizes=np.bincount(values, minlength=k + 1)[1:])
     return owner
 
 
-def task_write(key: str, index: int, base: int, k: int,
-               members: list[tuple[int, int, int]]) -> int:
-    """Stage ``write``: final labels of one block. ``members``: ``(local id, owner, owner's
-    first id)`` of its placeholders."""
+def task_write(key: str, index: int, inner: np.ndarray,
+               members: list[tuple[int, int]], owners: dict[int, np.ndarray]) -> int:
+    """Stage ``write``: final labels of one block. ``inner``: the final ID of each of its own
+    instances (index = local ID, 0: dropped); ``members``: ``(local id, owner)`` of its
+    placeholders; ``owners``: the same lookup table for each owner's clustered instances."""
     job = _job(key)
     block = job.plan[index]
     local = np.asarray(job.store.scratch("local")[block.slices])
+    k = len(inner) - 1
     out = np.zeros(local.shape, np.uint32)
-    inner = (local > 0) & (local <= k)
-    out[inner] = local[inner] + np.uint32(base)
+    on = (local > 0) & (local <= k)
+    out[on] = inner[local[on]]
     results: dict[int, dict[tuple[int, int], np.ndarray]] = {}
-    for lid, owner, first in members:
+    for lid, owner in members:
         if owner not in results:
             r = job.store.load("cluster", owner)
             results[owner] = {(int(b), int(j)): r["values"][r["starts"][i]:r["starts"][i + 1]]
                               for i, (b, j) in enumerate(r["keys"])}
-        v = results[owner][(index, lid)]
-        out[local == lid] = np.where(v > 0, v + np.uint32(first), 0)
+        out[local == lid] = owners[owner][results[owner][(index, lid)]]
     _write(job.store.open_array(), block.slices, out, job.store.array)
     job.store.mark("write", index)
     return index
+
+
+def final_ids(inner: list[np.ndarray], cross: dict[int, np.ndarray], fraction: float
+              ) -> tuple[list[np.ndarray], dict[int, np.ndarray], int, int]:
+    """Final label IDs from the instance sizes: ``inner[i]`` of block ``i``'s own instances
+    and ``cross[o]`` of those owner ``o`` clustered. Instances under the relative size
+    threshold (:func:`~..labels.relative_size_threshold` of all sizes, as in memory) get 0;
+    the others 1..K, block by block, each block's own before its owned ones. Returns one
+    lookup table per block and per owner (index = the ID there), K and the threshold."""
+    every = [*inner, *cross.values()]
+    threshold = relative_size_threshold(np.concatenate(every) if every else [], fraction)
+    inner_lut, owner_lut, n = [], {}, 0
+    for i, sizes in enumerate(inner):
+        for table, s in ((inner_lut, sizes), (owner_lut, cross.get(i))):
+            if s is None:
+                continue
+            keep = np.asarray(s) >= max(threshold, 1)
+            lut = np.zeros(len(keep) + 1, np.int64)
+            lut[1:][keep] = np.arange(n + 1, n + 1 + int(keep.sum()))
+            n += int(keep.sum())
+            if table is inner_lut:
+                inner_lut.append(lut)
+            else:
+                owner_lut[i] = lut
+    return inner_lut, owner_lut, n, threshold
 
 
 # -- execution -----------------------------------------------------------------------------
@@ -429,6 +459,7 @@ def run_blockwise(
     fg_threshold: float | None = None,
     min_size: int | None = None,
     spatial_radius: float | None = None,
+    relative_min_size: float | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     amp: str | None = None,
@@ -473,7 +504,8 @@ def run_blockwise(
     bs = batch_size or auto_batch_size(tiles)
     norm = normalize.normalization_params(arr, cfg.normalization)
     opts = _resolve_cluster(model, cluster, bandwidth=bandwidth, fg_threshold=fg_threshold,
-                            min_size=min_size, spatial_radius=spatial_radius
+                            min_size=min_size, spatial_radius=spatial_radius,
+                            relative_min_size=relative_min_size
                             ) if kind == "segment" else None
     mkey = model_key(model)
     manifest = {
@@ -496,7 +528,8 @@ def run_blockwise(
             "device": str(predictor.device), "bandwidth": opts.bandwidth if opts else None,
             "fg_threshold": opts.fg_threshold if opts else None,
             "min_size": opts.min_size if opts else None,
-            "spatial_radius": opts.spatial_radius if opts else None}
+            "spatial_radius": opts.spatial_radius if opts else None,
+            "relative_min_size": opts.relative_min_size if opts else None}
     if complete:
         if paths.rename and paths.root != paths.final and Path(paths.root).exists():
             finish_store(paths)
@@ -566,11 +599,12 @@ def _stages(job: Job, executor: Any, cancel: Any, info: dict) -> Iterator[BlockE
     # merge: the placeholders of all blocks (small), face layers loaded on demand
     ks = np.zeros(n, np.int64)
     ms = np.zeros(n, np.int64)
-    first, n_fg = [], 0
+    first, n_fg, inner_sizes = [], 0, []
     for i in range(n):
         with np.load(store.marker("predict", i)) as f:
             ks[i], ms[i] = int(f["k"]), int(f["m"])
             n_fg += int(f["n_fg"])
+            inner_sizes.append(f["sizes"])
             if ms[i]:
                 first.append(f["first"])
     base = np.concatenate([[0], np.cumsum(ms)])
@@ -604,22 +638,22 @@ def _stages(job: Job, executor: Any, cancel: Any, info: dict) -> Iterator[BlockE
     yield from _run_stage(job, executor, "cluster", task_cluster, calls, len(calls), cancel)
     times["cluster"] = time.perf_counter() - t
     t = time.perf_counter()
-    cross = np.zeros(n, np.int64)
+    cross_sizes = {}
     for o in owners:
         with np.load(store.marker("cluster", o)) as f:
-            cross[o] = int(f["k"])
-    ids = np.concatenate([[0], np.cumsum(ks + cross)])
-    total = int(ids[-1])
+            cross_sizes[o] = f["sizes"]
+    inner_lut, owner_lut, total, threshold = final_ids(inner_sizes, cross_sizes,
+                                                       job.cluster.relative_min_size or 0.0)
     if total >= 2**32:
         raise NSEError(f"{total} instances do not fit uint32 labels")
     calls = []
     for i in range(n):
-        members = []
-        for p in range(int(base[i]), int(base[i + 1])):
-            o = int(comp_owner[comp[p]])
-            members.append((int(ks[i] + p - base[i] + 1), o, int(ids[o] + ks[o])))
-        calls.append((job.key, i, int(ids[i]), int(ks[i]), members))
+        members = [(int(ks[i] + p - base[i] + 1), int(comp_owner[comp[p]]))
+                   for p in range(int(base[i]), int(base[i + 1]))]
+        calls.append((job.key, i, inner_lut[i], members,
+                      {o: owner_lut[o] for o in {o for _, o in members}}))
     yield from _run_stage(job, executor, "write", task_write, calls, n, cancel)
     times["write"] = time.perf_counter() - t
     info.update(n_instances=total, n_foreground=n_fg, n_placeholders=M,
+                relative_threshold=threshold,
                 n_crossing=int(comp.max()) + 1 if M else 0, times=times)

@@ -32,6 +32,9 @@ def add_clustering(p: argparse.ArgumentParser) -> None:
                    help="cluster each foreground component (default), the whole plane, or blocks")
     p.add_argument("--min-size", type=int, default=None,
                    help="remove instances with fewer pixels (default: the model's)")
+    p.add_argument("--relative-min-size", type=float, default=None, metavar="FRACTION",
+                   help="also remove instances smaller than this fraction of the image's "
+                   "median instance size, 0..1; 0: off (default: the model's, else 0)")
     p.add_argument("--fg-threshold", type=float, default=None,
                    help="foreground probability threshold (default: the model's, else 0.5)")
     p.add_argument("--backend", choices=BACKENDS, default="torch",
@@ -97,7 +100,8 @@ def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
     return {
         "bandwidth": args.bandwidth, "scope": args.scope, "min_size": args.min_size,
         "fg_threshold": args.fg_threshold, "backend": args.backend,
-        "spatial_radius": args.spatial_radius, "device": args.device,
+        "spatial_radius": args.spatial_radius, "relative_min_size": args.relative_min_size,
+        "device": args.device,
         "batch_size": args.batch_size, "pad": args.pad, "channel_axis": args.channel_axis,
     }
 

@@ -260,8 +260,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     loss = f", final loss {last['loss']:.4g}" if last else ""
     val = f", validation AP@0.5 {vals[-1]:.3f}" if vals else ""
     if cal is not None:
-        val = (f", calibrated on {cal.data}: bandwidth {cal.bandwidth:.3g}, foreground "
-               f"threshold {cal.fg_threshold:.2g}, min size {cal.min_size}, validation AP@0.5 "
+        val = (f", calibrated on {cal.data}: {cal.describe()}, validation AP@0.5 "
                f"{cal.ap:.3f} (uncalibrated {cal.default_ap:.3f})")
     if data["stopped"] == "time_limit":
         loss += f", stopped by the time limit of {config.time_limit:g} s"

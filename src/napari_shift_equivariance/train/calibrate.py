@@ -3,12 +3,13 @@
 :func:`calibrate` predicts each image once, then clusters that prediction on a small grid of
 mean-shift bandwidths x foreground thresholds x spatial radii (positions in the clustering
 space, in multiples of the annotated objects' typical diameter; 0 = embeddings only), filters
-each result by a few minimum sizes, and keeps the combination with the best mean AP@0.5.
+each result by a few minimum sizes (absolute, then relative to the image's median instance
+size), and keeps the combination with the best mean AP@0.5.
 :meth:`Calibration.apply` stores it in ``model.config.extra`` (``"bandwidth"``,
-``"fg_threshold"``, ``"min_size"``, ``"spatial_radius"`` and the record ``"calibration"``),
-where ``segment`` and the widgets pick it up
-(``options.ClusterOptions.resolve``). The minimum size is a filter after clustering, so
-trying several costs no extra clustering.
+``"fg_threshold"``, ``"min_size"``, ``"relative_min_size"``, ``"spatial_radius"`` and the
+record ``"calibration"``), where ``segment`` and the widgets pick it up
+(``options.ClusterOptions.resolve``). The size filters come after clustering, so trying
+several costs no extra clustering.
 """
 
 from __future__ import annotations
@@ -24,15 +25,18 @@ from typing import Any
 import numpy as np
 
 from ..errors import Cancelled, NSEError, is_cancelled
-from ..labels import check_labels, instance_ids, instance_sizes, remove_small
+from ..labels import check_labels, instance_ids, instance_sizes, remove_relative, remove_small
 from ..model import ModelConfig, UNet
-from ..options import check_spatial_radius, model_coord_scale
+from ..options import check_fraction, check_spatial_radius, model_coord_scale
 
 #: keys of ``model.config.extra`` written by :meth:`Calibration.apply`
-CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size", "spatial_radius", "calibration")
+CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size", "relative_min_size",
+                    "spatial_radius", "calibration")
 #: bandwidths tried, as multiples of the bandwidth the loss margins imply
-BANDWIDTH_FACTORS = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8)
-FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7)
+BANDWIDTH_FACTORS = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0)
+FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+#: relative minimum sizes tried (fractions of each image's median instance size)
+RELATIVE_MIN_SIZES = (0.0, 0.1, 0.2, 0.3)
 #: spatial radii tried besides 0, as multiples of the median annotated object diameter
 SPATIAL_FACTORS = (0.5, 0.75, 1.0, 1.5)
 DEFAULT_FG = 0.5
@@ -57,10 +61,10 @@ def default_min_size(ndim: int) -> int:
 
 def default_grid(config: ModelConfig, labels: Sequence[np.ndarray] = ()) -> dict[str, list]:
     """The grid :func:`calibrate` searches by default: bandwidths around the margin bandwidth,
-    thresholds 0.3..0.7, minimum sizes (the default one and fractions of the smaller
-    annotated objects, ``labels``) and spatial radii (0, and fractions of the median object
-    diameter; only 0 for a model with coordinates, whose embeddings hold the positions
-    already)."""
+    thresholds 0.3..0.9, minimum sizes (the default one and fractions of the smaller
+    annotated objects, ``labels``), relative minimum sizes 0..0.3 and spatial radii (0, and
+    fractions of the median object diameter; only 0 for a model with coordinates, whose
+    embeddings hold the positions already)."""
     b0 = margin_bandwidth(config)
     ms0 = default_min_size(config.ndim)
     sizes = [s for lab in labels for s in instance_sizes(np.asarray(lab)).values()]
@@ -75,6 +79,7 @@ def default_grid(config: ModelConfig, labels: Sequence[np.ndarray] = ()) -> dict
     return {"bandwidth": [round(b0 * f, 4) for f in BANDWIDTH_FACTORS],
             "fg_threshold": list(FG_THRESHOLDS),
             "min_size": sorted(min_sizes),
+            "relative_min_size": list(RELATIVE_MIN_SIZES),
             "spatial_radius": radii}
 
 
@@ -92,7 +97,7 @@ class Calibration:
     ``ap`` is the mean AP@0.5 at the chosen settings, ``default_ap`` at the uncalibrated
     defaults (margin bandwidth, threshold 0.5, default minimum size, no positions);
     ``scores`` holds every grid point as ``{"bandwidth", "fg_threshold", "min_size",
-    "spatial_radius", "ap"}``; ``data`` says which images were used.
+    "relative_min_size", "spatial_radius", "ap"}``; ``data`` says which images were used.
     """
 
     bandwidth: float
@@ -109,9 +114,18 @@ class Calibration:
     search: str = "coordinate"
     complete: bool = True
     spatial_radius: float = 0.0
+    relative_min_size: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    def describe(self) -> str:
+        """The chosen settings in words, for messages."""
+        rel = (f" and {self.relative_min_size:.2g} x the median size"
+               if self.relative_min_size else "")
+        radius = f", spatial radius {self.spatial_radius:.3g} px" if self.spatial_radius else ""
+        return (f"bandwidth {self.bandwidth:.3g}, foreground threshold {self.fg_threshold:.2g}, "
+                f"min size {self.min_size}{rel}{radius}")
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Calibration:
@@ -123,6 +137,7 @@ class Calibration:
             **(model.config.extra or {}),
             "bandwidth": float(self.bandwidth), "fg_threshold": float(self.fg_threshold),
             "min_size": int(self.min_size), "spatial_radius": float(self.spatial_radius),
+            "relative_min_size": float(self.relative_min_size),
             "calibration": self.to_dict(),
         }
         return model
@@ -171,7 +186,7 @@ def ap50(gt: np.ndarray, pred: np.ndarray, ignore_index: int | None = None) -> f
 def _pick(scores: list[dict], b0: float, ms0: int) -> dict:
     """The best mean AP; ties go to the smallest spatial radius (0 first), the threshold
     nearest 0.5, then the middle of the tied bandwidths (the widest plateau is the safest),
-    then the default minimum size."""
+    then the default minimum size, then the smallest relative minimum size."""
     best = max(s["ap"] for s in scores)
     tied = [s for s in scores if s["ap"] >= best - 1e-9]
     r = min(s.get("spatial_radius", 0.0) for s in tied)
@@ -181,7 +196,8 @@ def _pick(scores: list[dict], b0: float, ms0: int) -> dict:
     bws = sorted({s["bandwidth"] for s in tied})
     bw = bws[(len(bws) - 1) // 2] if len(bws) > 1 else bws[0]
     tied = [s for s in tied if s["bandwidth"] == bw]
-    return min(tied, key=lambda s: (abs(s["min_size"] - ms0), s["min_size"]))
+    return min(tied, key=lambda s: (abs(s["min_size"] - ms0), s["min_size"],
+                                    s.get("relative_min_size", 0.0)))
 
 
 def calibrate(
@@ -192,6 +208,7 @@ def calibrate(
     bandwidths: Sequence[float] | None = None,
     fg_thresholds: Sequence[float] | None = None,
     min_sizes: Sequence[int] | None = None,
+    relative_min_sizes: Sequence[float] | None = None,
     spatial_radii: Sequence[float] | None = None,
     ignore_index: int | None = None,
     mode: str = "correct",
@@ -213,9 +230,10 @@ def calibrate(
     images, labels
         Validation images (raw, as ``segment`` takes them) and their instance labels; images
         the model was trained on give optimistic settings.
-    bandwidths, fg_thresholds, min_sizes, spatial_radii
-        The grid (``None``: :func:`default_grid`). Every minimum size is scored at every
-        clustering (a filter after it, no extra cost). ``spatial_radii`` always include 0.
+    bandwidths, fg_thresholds, min_sizes, relative_min_sizes, spatial_radii
+        The grid (``None``: :func:`default_grid`). Every minimum size and relative minimum
+        size is scored at every clustering (filters after it, no extra cost).
+        ``spatial_radii`` and ``relative_min_sizes`` always include 0.
     search
         ``"coordinate"`` (default): bandwidths at threshold 0.5, thresholds at the best
         bandwidth, bandwidths again at the best threshold, then bandwidths at every other
@@ -250,12 +268,15 @@ def calibrate(
     grid = default_grid(config, [np.where(g == ignore_index, 0, g) if ignore_index is not None
                                  else g for g in gts])
     for key, given in (("bandwidth", bandwidths), ("fg_threshold", fg_thresholds),
-                       ("min_size", min_sizes), ("spatial_radius", spatial_radii)):
+                       ("min_size", min_sizes), ("relative_min_size", relative_min_sizes),
+                       ("spatial_radius", spatial_radii)):
         if given is not None:
             grid[key] = sorted({float(v) if key != "min_size" else int(v) for v in given})
             if not grid[key]:
                 raise NSEError(f"calibration grid for {key} is empty")
     grid["spatial_radius"] = sorted({0.0, *map(check_spatial_radius, grid["spatial_radius"])})
+    grid["relative_min_size"] = sorted({0.0, *(check_fraction(v, "relative min size")
+                                               for v in grid["relative_min_size"])})
     for b in grid["bandwidth"]:
         if not (math.isfinite(b) and b > 0):
             raise NSEError(f"bandwidths must be positive, got {b}")
@@ -267,7 +288,7 @@ def calibrate(
     b0, ms0 = margin_bandwidth(config), default_min_size(config.ndim)
 
     bws, fgs, mss = grid["bandwidth"], grid["fg_threshold"], grid["min_size"]
-    radii = grid["spatial_radius"]
+    radii, rels = grid["spatial_radius"], grid["relative_min_size"]
     if search not in SEARCHES:
         raise NSEError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
     n_points = len(bws) * len(fgs) * len(radii) if search == "full" else (
@@ -296,25 +317,27 @@ def calibrate(
         preds = [np.asarray(p) for p in predictions]
         step(len(images))
 
-    table: dict[tuple[float, float, float, int], float] = {}
+    table: dict[tuple[float, float, float, int, float], float] = {}
     complete = True
 
     def point(b: float, t: float, r: float = 0.0) -> float:
-        """Score ``(b, t, r)`` at every minimum size; the best of them (-1 once out of
-        time)."""
+        """Score ``(b, t, r)`` at every (relative) minimum size; the best of them (-1 once
+        out of time)."""
         nonlocal complete
-        if (b, t, r, mss[0]) not in table:
+        if (b, t, r, mss[0], rels[0]) not in table:
             if table and time_limit is not None and time.perf_counter() - t0 > time_limit:
                 complete = False
                 return -1.0
-            aps: dict[int, list[float]] = {m: [] for m in mss}
+            aps: dict[tuple[int, float], list[float]] = {(m, f): [] for m in mss for f in rels}
             for pred, gt in zip(preds, gts):
                 lab = _cluster(pred, config, b, t, dev, r)
                 for m in mss:
-                    aps[m].append(ap50(gt, remove_small(lab, m), ignore_index))
+                    kept = remove_small(lab, m)
+                    for f in rels:
+                        aps[m, f].append(ap50(gt, remove_relative(kept, f)[0], ignore_index))
                 step()
-            table.update({(b, t, r, m): float(np.mean(v)) for m, v in aps.items()})
-        return max(table[(b, t, r, m)] for m in mss)
+            table.update({(b, t, r, m, f): float(np.mean(v)) for (m, f), v in aps.items()})
+        return max(table[(b, t, r, m, f)] for m in mss for f in rels)
 
     # the margin bandwidth first, then outwards (larger first: over-splitting is the usual
     # failure), so that a search cut short by the time limit has tried the likeliest
@@ -340,28 +363,31 @@ def calibrate(
             for r in radii[1:]:
                 for v in order:
                     point(v, t, r)
-            b, r = max(((v, r) for r in radii for v in order if (v, t, r, mss[0]) in table),
+            b, r = max(((v, r) for r in radii for v in order
+                        if (v, t, r, mss[0], rels[0]) in table),
                        key=lambda vr: (point(vr[0], t, vr[1]), -vr[1]))
             if r > 0:
                 for v in fgs:
                     point(b, v, r)
     step(total)
-    scores = [{"bandwidth": b, "fg_threshold": t, "spatial_radius": r, "min_size": m, "ap": ap}
-              for (b, t, r, m), ap in table.items()]
+    scores = [{"bandwidth": b, "fg_threshold": t, "spatial_radius": r, "min_size": m,
+               "relative_min_size": f, "ap": ap} for (b, t, r, m, f), ap in table.items()]
     best = _pick(scores, b0, ms0)
     default = _nearest(scores, b0, DEFAULT_FG, ms0)
     return Calibration(
         bandwidth=float(best["bandwidth"]), fg_threshold=float(best["fg_threshold"]),
         min_size=int(best["min_size"]), ap=float(best["ap"]),
         spatial_radius=float(best["spatial_radius"]),
+        relative_min_size=float(best["relative_min_size"]),
         default_ap=float(default["ap"]), grid=grid, scores=scores, data=data,
         n_images=len(images), n_instances=int(n_inst), seconds=time.perf_counter() - t0,
         search=search, complete=complete)
 
 
 def _nearest(scores: list[dict], b: float, t: float, m: int) -> dict:
-    return min(scores, key=lambda s: (s["spatial_radius"], abs(s["bandwidth"] - b),
-                                      abs(s["fg_threshold"] - t), abs(s["min_size"] - m)))
+    return min(scores, key=lambda s: (s["spatial_radius"], s["relative_min_size"],
+                                      abs(s["bandwidth"] - b), abs(s["fg_threshold"] - t),
+                                      abs(s["min_size"] - m)))
 
 
 def evaluate(model: UNet, images: Sequence[Any], labels: Sequence[Any], *,

@@ -454,10 +454,9 @@ def train(
             calibration.apply(model)
             if not calibration.complete:
                 notes.append("the calibration search was cut short by the time limit")
-            notes.append(f"calibrated on {val_desc}: bandwidth {calibration.bandwidth:.3g}, "
-                         f"foreground threshold {calibration.fg_threshold:.2g}, minimum size "
-                         f"{calibration.min_size}: AP@0.5 {calibration.ap:.3f} (uncalibrated "
-                         f"defaults {calibration.default_ap:.3f})")
+            notes.append(f"calibrated on {val_desc}: {calibration.describe()}: AP@0.5 "
+                         f"{calibration.ap:.3f} (uncalibrated defaults "
+                         f"{calibration.default_ap:.3f})")
     model.eval().cpu()
     cancelled = stopped == "cancelled"
     model.config.extra.update({"cancelled": cancelled, "iterations_done": done,
@@ -472,7 +471,8 @@ def train(
                   "val_ap": calibration.ap if calibration else None,
                   "bandwidth": calibration.bandwidth if calibration else None,
                   "fg_threshold": calibration.fg_threshold if calibration else None,
-                  "min_size": calibration.min_size if calibration else None})
+                  "min_size": calibration.min_size if calibration else None,
+                  "relative_min_size": calibration.relative_min_size if calibration else None})
     return TrainResult(model, history, notes, config, calibration)
 
 
