@@ -1,6 +1,7 @@
 """Where a model's zero-shot settings lose AP: clustering settings x a relative size filter.
 
     python scripts/zero_shot_grid.py [MODEL] [--threads N]     # default: the bundled 2D model
+    python scripts/zero_shot_grid.py --size-adaptive           # bandwidth from each image
 
 The model predicts once per image: the real nuclei *training* rows 0-282 (the default model has
 never seen them; the rows the quality benchmark holds out, 307-511, are not read) and two
@@ -10,13 +11,17 @@ threshold at the model's calibrated minimum size (18 for the shipped default), a
 again by a size relative to the image's own objects: instances smaller than ``rel`` x the
 median instance size are dropped. One line per setting,
 best real score first: real AP@0.5, the mean over the generated styles, then each style.
+
+``--size-adaptive`` tries a bandwidth set per image from its objects' size instead:
+``bw0 * (d / 14 px) ** p``, where ``d`` is twice the median over the foreground components of
+their largest inscribed radius (the distance transform's maximum, which clumps do not
+inflate). ``p = 0`` is the fixed bandwidth.
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import sys
 import warnings
 from pathlib import Path
@@ -26,9 +31,10 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_quality import REAL, real_data  # noqa: E402
+from scipy import ndimage  # noqa: E402
 
 from napari_shift_equivariance.data import nuclei  # noqa: E402
-from napari_shift_equivariance.labels import instance_sizes, remove_small  # noqa: E402
+from napari_shift_equivariance.labels import remove_relative  # noqa: E402
 from napari_shift_equivariance.metrics import evaluate, pool  # noqa: E402
 from napari_shift_equivariance.model import load_model  # noqa: E402
 from napari_shift_equivariance.options import ClusterOptions  # noqa: E402
@@ -40,18 +46,80 @@ FG_THRESHOLDS = (0.5, 0.7, 0.85, 0.95)
 RELATIVE = (0.0, 0.1, 0.2, 0.3)
 
 
+#: ``--size-adaptive``: exponents, base bandwidths at the reference diameter, thresholds
+POWERS, BASES = (0.0, 0.5, 1.0), (1.0, 1.2, 1.4)
+ADAPTIVE_FG, ADAPTIVE_REL = (0.7, 0.85), (0.1, 0.2)
+REFERENCE_DIAMETER = 14.0
+
+
 def drop_relative(labels: np.ndarray, fraction: float) -> np.ndarray:
     """Labels without the instances smaller than ``fraction`` x their median size."""
-    sizes = list(instance_sizes(labels).values())
-    if not fraction or not sizes:
-        return labels
-    return remove_small(labels, math.ceil(fraction * float(np.median(sizes))))
+    return remove_relative(labels, fraction)[0]
+
+
+def foreground_diameter(probability: np.ndarray, threshold: float, min_size: int) -> float:
+    """Twice the median largest inscribed radius of the foreground components (0: none)."""
+    fg = probability > threshold
+    comp, n = ndimage.label(fg)
+    if n == 0:
+        return 0.0
+    radius = ndimage.maximum(ndimage.distance_transform_edt(fg), comp, np.arange(1, n + 1))
+    radius = np.asarray(radius)[np.bincount(comp.ravel())[1:] >= min_size]
+    return 2.0 * float(np.median(radius)) if radius.size else 0.0
+
+
+def _line(ap: dict[str, float], what: str) -> tuple[float, str]:
+    gen = float(np.mean([ap[s] for s in STYLES]))
+    return ap["real"], (f"{what}: real {ap['real']:.3f} generated {gen:.3f} | "
+                        + " ".join(f"{s} {ap[s]:.2f}" for s in STYLES))
+
+
+def _cluster(model, run, min_size: int, **kw) -> np.ndarray:
+    return segment_prediction(run.prediction, run.plan, model.config, min_size=min_size,
+                              device="cpu", **kw).labels
+
+
+def _scores(labs: dict, rel: float) -> dict[str, float]:
+    return {name: pool([evaluate(g, drop_relative(lab, rel)) for lab, g in runs]).ap50
+            for name, runs in labs.items()}
+
+
+def fixed(model, preds: dict, min_size: int) -> list[tuple[float, str]]:
+    """One bandwidth for every image, x foreground threshold x relative size."""
+    lines = []
+    for bw, fg in itertools.product(BANDWIDTHS, FG_THRESHOLDS):
+        labs = {name: [(_cluster(model, r, min_size, bandwidth=bw, fg_threshold=fg), g)
+                       for r, g in runs] for name, runs in preds.items()}
+        lines += [_line(_scores(labs, rel), f"bw {bw} fg {fg} rel {rel}") for rel in RELATIVE]
+    return lines
+
+
+def adaptive(model, preds: dict, min_size: int) -> list[tuple[float, str]]:
+    """A bandwidth per image from its foreground's object diameter."""
+    for name, runs in preds.items():
+        d = [foreground_diameter(r.prediction[-1], 0.5, min_size) for r, _ in runs]
+        print(f"{name}: foreground diameter {' '.join(f'{v:.1f}' for v in d)} px")
+    lines = []
+    for power, base, fg in itertools.product(POWERS, BASES, ADAPTIVE_FG):
+        labs = {}
+        for name, runs in preds.items():
+            labs[name] = []
+            for r, g in runs:
+                d = foreground_diameter(r.prediction[-1], fg, min_size)
+                bw = base * (d / REFERENCE_DIAMETER) ** power if d else base
+                labs[name].append((_cluster(model, r, min_size, bandwidth=bw, fg_threshold=fg),
+                                   g))
+        lines += [_line(_scores(labs, rel), f"p {power} bw0 {base} fg {fg} rel {rel}")
+                  for rel in ADAPTIVE_REL]
+    return lines
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", nargs="?", default="default")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--size-adaptive", action="store_true",
+                   help="a bandwidth per image from its objects' size (see the docstring)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
@@ -64,19 +132,7 @@ def main() -> None:
         warnings.simplefilter("ignore")
         preds = {name: [(segment(model, x, "correct", device="cpu"), g) for x, g in pairs]
                  for name, pairs in sets.items()}
-        lines = []
-        for bw, fg in itertools.product(BANDWIDTHS, FG_THRESHOLDS):
-            labs = {name: [(segment_prediction(r.prediction, r.plan, model.config, bandwidth=bw,
-                                               fg_threshold=fg, min_size=min_size,
-                                               device="cpu").labels, g) for r, g in runs]
-                    for name, runs in preds.items()}
-            for rel in RELATIVE:
-                ap = {name: pool([evaluate(g, drop_relative(lab, rel)) for lab, g in runs]).ap50
-                      for name, runs in labs.items()}
-                gen = float(np.mean([ap[s] for s in STYLES]))
-                lines.append((ap["real"], f"bw {bw} fg {fg} rel {rel}: real {ap['real']:.3f} "
-                              f"generated {gen:.3f} | "
-                              + " ".join(f"{s} {ap[s]:.2f}" for s in STYLES)))
+        lines = (adaptive if args.size_adaptive else fixed)(model, preds, min_size)
     for _, line in sorted(lines, key=lambda t: -t[0]):
         print(line)
 
