@@ -48,6 +48,7 @@ from napari_shift_equivariance.baseline import watershed_baseline
 from napari_shift_equivariance.data import nuclei
 from napari_shift_equivariance.metrics import Evaluation, evaluate, pool
 from napari_shift_equivariance.model import load_model
+from napari_shift_equivariance.options import CALIBRATION_KEYS
 from napari_shift_equivariance.segment import segment
 
 REAL = Path("/work/shared/data/nuclei-2d-real")
@@ -111,8 +112,7 @@ def train_model(train_pair, method: str, limit: float, overrides: dict | None = 
     seconds = time.perf_counter() - t0
     return result.model, {"seconds": seconds, "iterations": len(result.history),
                           "calibration": {k: result.model.config.extra.get(k)
-                                          for k in ("bandwidth", "fg_threshold", "min_size",
-                                                    "spatial_radius")}}
+                                          for k in CALIBRATION_KEYS}}
 
 
 def seam_figures(model, image: np.ndarray, gt: np.ndarray) -> dict:

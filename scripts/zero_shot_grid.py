@@ -132,6 +132,11 @@ def main() -> None:
         warnings.simplefilter("ignore")
         preds = {name: [(segment(model, x, "correct", device="cpu"), g) for x, g in pairs]
                  for name, pairs in sets.items()}
+        for name, runs in preds.items():  # how far the foreground head transfers
+            fg = np.mean([float((r.prediction[-1] > 0.5).mean()) for r, _ in runs])
+            gt = np.mean([float((g > 0).mean()) for _, g in runs])
+            print(f"{name}: foreground > 0.5 covers {fg:.3f} of the pixels, the annotations "
+                  f"{gt:.3f}")
         lines = (adaptive if args.size_adaptive else fixed)(model, preds, min_size)
     for _, line in sorted(lines, key=lambda t: -t[0]):
         print(line)

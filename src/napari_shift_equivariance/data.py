@@ -203,6 +203,10 @@ def mixed_nuclei_params(rng: np.random.Generator, ndim: int = 2) -> dict[str, An
     p["bright_fraction"] = float(rng.choice([0.0, 0.03, 0.08]))
     p.setdefault("bright", (0.8, 1.2))
     p["gradient"] = float(rng.uniform(0.0, 0.2))
+    # a background up to 0.4 of the nuclei's mean brightness: real fluorescence images have
+    # a third (the real nuclei's training rows), every named style a tenth or less
+    p["background"] = max(p["background"], float(np.mean(p["brightness"]))
+                          * float(rng.uniform(0.02, 0.4)))
     return p
 
 
