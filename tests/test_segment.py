@@ -237,6 +237,15 @@ def test_cli_segment(tmp_path, capsys):
                str(tmp_path / "x.tif"), "--bandwidth", "-1", "--quiet"])
     assert rc == 2 and "bandwidth" in capsys.readouterr().err
     assert not (tmp_path / "x.tif").exists()
+    rc = main(["segment", str(tmp_path / "img.tif"), "--model", str(model_path), "--out",
+               str(tmp_path / "x.tif"), "--relative-min-size", "2", "--quiet"])
+    assert rc == 2 and "relative min size" in capsys.readouterr().err
+    assert not (tmp_path / "x.tif").exists()
+    rc = main(["segment", str(tmp_path / "img.tif"), "--model", str(model_path), "--out",
+               str(tmp_path / "r.tif"), "--relative-min-size", "0.5", "--json", "--quiet",
+               "--device", "cpu"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["relative_min_size"] == 0.5
     assert not list(tmp_path.glob("*.partial"))
 
 
