@@ -192,42 +192,29 @@ def test_auto_uses_the_models_calibration(make_napari_viewer, qtbot):
 
 
 @pytest.mark.napari
-def test_spatial_radius_auto_and_set(make_napari_viewer, qtbot):
+@pytest.mark.parametrize("field, calibrated, shown, mine", [
+    # the user switches positions off
+    ("spatial_radius", {"min_size": 4, "spatial_radius": 7.5}, "spatial radius 7.5 px", 0.0),
+    ("relative_min_size", {"min_size": 0, "relative_min_size": 0.25}, "0.25 × median", 0.9),
+])
+def test_clustering_field_auto_and_set(make_napari_viewer, qtbot, field, calibrated, shown,
+                                       mine):
     viewer, w = dock(make_napari_viewer)
     image, _ = periodic_disks((64, 64), radius=5, spacing=15, noise=0.01, seed=1)
     viewer.add_image(image, name="disks")
-    model = tiny_model(bandwidth=0.35, fg_threshold=0.3, min_size=4, spatial_radius=7.5)
-    w.model.value = ModelSource.registry(REGISTRY.add(model, "spatial"))
-    assert "spatial radius 7.5 px" in w.cluster_info.value
-    assert w.spatial_radius.spin.value == pytest.approx(7.5)
-    assert w.cluster_options().spatial_radius is None  # auto: resolved from the model
-    w.spatial_radius.value = 0.0  # the user switches positions off
-    assert w.cluster_options().spatial_radius == 0.0
+    model = tiny_model(bandwidth=0.35, fg_threshold=0.3, **calibrated)
+    w.model.value = ModelSource.registry(REGISTRY.add(model, field))
+    widget = getattr(w, field)
+    assert shown in w.cluster_info.value
+    assert widget.spin.value == pytest.approx(calibrated[field])
+    assert getattr(w.cluster_options(), field) is None  # auto: resolved from the model
+    widget.value = mine
+    assert getattr(w.cluster_options(), field) == pytest.approx(mine)
     w.stitch.value, w.tile.value, w.device.value = "correct", 16, "cpu"
     job = w.run()
     qtbot.waitUntil(lambda: not job.running, timeout=60_000)
-    assert w.last_result.info["spatial_radius"] == 0.0
-    api = segment(model, image, "correct", 16, device="cpu", spatial_radius=0.0)
-    np.testing.assert_array_equal(viewer.layers["disks labels [correct 16]"].data, api.labels)
-
-
-@pytest.mark.napari
-def test_relative_min_size_auto_and_set(make_napari_viewer, qtbot):
-    viewer, w = dock(make_napari_viewer)
-    image, _ = periodic_disks((64, 64), radius=5, spacing=15, noise=0.01, seed=1)
-    viewer.add_image(image, name="disks")
-    model = tiny_model(bandwidth=0.35, fg_threshold=0.3, min_size=0, relative_min_size=0.25)
-    w.model.value = ModelSource.registry(REGISTRY.add(model, "relative"))
-    assert "0.25 × median" in w.cluster_info.value
-    assert w.relative_min_size.spin.value == pytest.approx(0.25)
-    assert w.cluster_options().relative_min_size is None  # auto: resolved from the model
-    w.relative_min_size.value = 0.9
-    assert w.cluster_options().relative_min_size == pytest.approx(0.9)
-    w.stitch.value, w.tile.value, w.device.value = "correct", 16, "cpu"
-    job = w.run()
-    qtbot.waitUntil(lambda: not job.running, timeout=60_000)
-    assert w.last_result.info["relative_min_size"] == pytest.approx(0.9)
-    api = segment(model, image, "correct", 16, device="cpu", relative_min_size=0.9)
+    assert w.last_result.info[field] == pytest.approx(mine)
+    api = segment(model, image, "correct", 16, device="cpu", **{field: mine})
     np.testing.assert_array_equal(viewer.layers["disks labels [correct 16]"].data, api.labels)
 
 

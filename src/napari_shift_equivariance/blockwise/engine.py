@@ -396,19 +396,21 @@ def final_ids(inner: list[np.ndarray], cross: dict[int, np.ndarray], fraction: f
     lookup table per block and per owner (index = the ID there), K and the threshold."""
     every = [*inner, *cross.values()]
     threshold = relative_size_threshold(np.concatenate(every) if every else [], fraction)
-    inner_lut, owner_lut, n = [], {}, 0
+    n = 0
+
+    def number(sizes: np.ndarray) -> np.ndarray:
+        nonlocal n
+        keep = np.asarray(sizes) >= max(threshold, 1)
+        lut = np.zeros(len(keep) + 1, np.int64)
+        lut[1:][keep] = np.arange(n + 1, n + 1 + int(keep.sum()))
+        n += int(keep.sum())
+        return lut
+
+    inner_lut, owner_lut = [], {}
     for i, sizes in enumerate(inner):
-        for table, s in ((inner_lut, sizes), (owner_lut, cross.get(i))):
-            if s is None:
-                continue
-            keep = np.asarray(s) >= max(threshold, 1)
-            lut = np.zeros(len(keep) + 1, np.int64)
-            lut[1:][keep] = np.arange(n + 1, n + 1 + int(keep.sum()))
-            n += int(keep.sum())
-            if table is inner_lut:
-                inner_lut.append(lut)
-            else:
-                owner_lut[i] = lut
+        inner_lut.append(number(sizes))
+        if i in cross:
+            owner_lut[i] = number(cross[i])
     return inner_lut, owner_lut, n, threshold
 
 

@@ -27,11 +27,12 @@ import numpy as np
 from ..errors import Cancelled, NSEError, is_cancelled
 from ..labels import check_labels, instance_ids, instance_sizes, remove_relative, remove_small
 from ..model import ModelConfig, UNet
+from ..options import CALIBRATION_KEYS as SETTING_KEYS
 from ..options import check_fraction, check_spatial_radius, model_coord_scale
 
-#: keys of ``model.config.extra`` written by :meth:`Calibration.apply`
-CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size", "relative_min_size",
-                    "spatial_radius", "calibration")
+#: keys of ``model.config.extra`` written by :meth:`Calibration.apply`: the settings that
+#: ``ClusterOptions.resolve`` reads, and the record
+CALIBRATION_KEYS = (*SETTING_KEYS, "calibration")
 #: bandwidths tried, as multiples of the bandwidth the loss margins imply
 BANDWIDTH_FACTORS = (0.5, 0.7, 1.0, 1.4, 2.0, 2.8, 4.0)
 FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
