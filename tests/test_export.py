@@ -278,3 +278,13 @@ def test_cli_export(package2d, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "unknown licence 'NOT-A-LICENCE'" in err and "Traceback" not in err
     assert not (tmp_path / "y.zip").exists()
+
+
+def test_readme_lists_every_stored_calibration_key():
+    model = _tiny()
+    assert "none stored" in ex._readme(model.config, "m")
+    model.config.extra = {**(model.config.extra or {}), "bandwidth": 1.4,
+                          "relative_min_size": 0.3, "spatial_radius": 12.0}
+    readme = ex._readme(model.config, "m")
+    assert "'relative_min_size': 0.3" in readme and "'spatial_radius': 12.0" in readme
+    assert "with its bandwidth\n1.4." in readme

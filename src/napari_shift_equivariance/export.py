@@ -40,6 +40,7 @@ from .errors import NSEError
 from .geometry import Coordinate, Roi, as_tuple
 from .io import atomic_path, check_output_path, read_box
 from .model import ModelConfig, UNet, load_model
+from .options import CALIBRATION_KEYS
 
 FORMAT = "bioimageio"
 SPATIAL_AXES = {2: ("y", "x"), 3: ("z", "y", "x")}
@@ -202,8 +203,7 @@ def _coordinates_note(config: ModelConfig) -> str:
 
 def _readme(config: ModelConfig, name: str) -> str:
     g = config.geometry
-    cal = {k: config.extra.get(k) for k in ("bandwidth", "fg_threshold", "min_size",
-                                            "relative_min_size")
+    cal = {k: config.extra.get(k) for k in CALIBRATION_KEYS
            if (config.extra or {}).get(k) is not None}
     return textwrap.dedent(f"""\
         # {name}
@@ -239,7 +239,10 @@ def _readme(config: ModelConfig, name: str) -> str:
 
         ## Calibration
 
-        `{cal or 'none stored'}` (mean-shift bandwidth, foreground threshold, minimum size).
+        `{cal or 'none stored'}` (mean-shift bandwidth, foreground threshold, minimum
+        size in pixels, minimum size as a fraction of the image's median instance size,
+        spatial radius: the pixels of position that weigh one bandwidth in the clustering
+        space, 0 = positions not used).
 
         ## Validation
 
