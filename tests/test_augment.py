@@ -5,6 +5,7 @@ from napari_shift_equivariance.augment import (
     augment,
     elastic_field,
     smooth_field,
+    zoom_field,
 )
 from napari_shift_equivariance.errors import NSEError
 
@@ -155,3 +156,54 @@ def test_rot90_alone_gives_proper_rotations(shape, n_rot):
         assert lab.tobytes() in allowed  # never a mirror image
         seen.add(lab.tobytes())
     assert len(seen) >= min(n_rot, 12)
+
+
+def test_blur_softens_the_image_only_and_only_in_plane():
+    image = np.zeros((4, 16, 16), dtype=np.float32)
+    image[1, 8, 8] = 1.0
+    labels = (image > 0).astype(np.int64) * 5
+    kw = dict(flips=False, rot90=False, spatial_axes=(-2, -1), **GEOMETRY_ONLY)
+    img, lab = augment(image, labels, np.random.default_rng(0), blur_sigma=(1.5, 1.5),
+                       p_blur=1.0, **kw)
+    assert np.array_equal(lab, labels)  # labels keep their sharp outline
+    assert img[1].max() < 0.2 and img[1, 8, 9] > 0.01  # spread in the plane...
+    assert np.allclose(img[[0, 2, 3]], 0) and np.isclose(img.sum(), 1.0, atol=1e-4)  # ...not in z
+
+
+def test_blur_off_draws_no_random_number():
+    # a recipe without blur keeps its random stream (and so its bundled model) bit-identical
+    rng = np.random.default_rng(0)
+    image = rng.random((16, 16)).astype(np.float32)
+    labels = rng.integers(0, 5, (16, 16))
+    a = augment(image, labels, np.random.default_rng(3))
+    b = augment(image, labels, np.random.default_rng(3), blur_sigma=(1.0, 2.0), p_blur=0.0)
+    c = augment(image, labels, np.random.default_rng(3), blur_sigma=(1.0, 2.0), p_blur=1.0)
+    assert np.array_equal(a[0], b[0]) and not np.array_equal(a[0], c[0])
+
+
+def test_zoom_magnifies_image_and_labels_together_about_the_centre():
+    labels = np.zeros((41, 41), dtype=np.int64)
+    labels[16:25, 16:25] = 4  # 9 x 9 square in the middle
+    labels[:3] = -1
+    image = (labels > 0).astype(np.float32)
+    img, lab = augment(image, labels, np.random.default_rng(0), flips=False, rot90=False,
+                       zoom=(1.6, 1.6), p_zoom=1.0, **GEOMETRY_ONLY)
+    assert set(np.unique(lab)) <= {-1, 0, 4}
+    assert 180 <= np.sum(lab == 4) <= 240  # 81 px magnified 1.6x per axis: about 207
+    bright, square = np.argwhere(img > 0.5), np.argwhere(lab == 4)
+    assert np.allclose(bright.mean(0), (20, 20), atol=0.5)  # about the centre...
+    assert np.allclose(square.mean(0), (20, 20), atol=0.5)  # ...both of them
+    assert abs(len(bright) - len(square)) < 0.15 * len(square)
+    field = zoom_field((5, 7), 2.0, axes=[1])
+    assert np.allclose(field[0], 0) and np.allclose(field[1][0], [1.5, 1, 0.5, 0, -0.5, -1, -1.5])
+
+
+def test_zoom_needs_full_labels_and_off_draws_no_random_number():
+    rng = np.random.default_rng(0)
+    image = rng.random((16, 16)).astype(np.float32)
+    labels = rng.integers(0, 5, (16, 16))
+    a = augment(image, labels, np.random.default_rng(3))
+    b = augment(image, labels, np.random.default_rng(3), zoom=(0.5, 2.0), p_zoom=0.0)
+    assert np.array_equal(a[0], b[0])
+    with pytest.raises(NSEError, match="zoom need labels"):
+        augment(image, labels[4:12, 4:12], np.random.default_rng(0), zoom=(0.5, 2.0), p_zoom=1.0)

@@ -147,6 +147,19 @@ def test_crops_pair_input_and_labels_through_rotations_and_flips():
         np.testing.assert_array_equal(x[h:h + 8, h:h + 8], y)
 
 
+def test_crops_are_blurred_when_the_config_says_so():
+    labels = nuclei((40, 40), radius=(3.0, 6.0), seed=3)[1].astype(np.int64)
+    array = TrainArray((labels > 0).astype(np.float32), labels, "test")
+    geo = ModelConfig(depth=1).geometry
+    out = geo.valid_output_above(8)
+    for p_blur, sharp in ((0.0, True), (1.0, False)):
+        cfg = tiny(window=8, intensity_scale=None, intensity_offset=None, noise_std=None,
+                   p_elastic=0.0, blur_sigma=(1.0, 1.0), p_blur=p_blur)
+        sampler = CropSampler([array], geo, out, out, cfg, np.random.default_rng(0))
+        x, _ = sampler.draw_one()
+        assert set(np.unique(x)) <= {0.0, 1.0} if sharp else len(np.unique(x)) > 2
+
+
 def test_crops_mostly_contain_an_instance():
     labels = np.zeros((64, 64), np.int64)
     labels[50:54, 50:54] = 1
@@ -579,3 +592,15 @@ def test_boundary_gap_changes_the_training_targets_not_the_validation_labels():
     gap = (plain[0].labels > 0) & (arrays[0].labels == 0)
     assert gap.any() and np.array_equal(raw[0][1], lab)  # validation scores the real labels
     assert TrainConfig(boundary_gap=True).boundary_gap and not TrainConfig().boundary_gap
+
+
+def test_blur_and_zoom_settings_are_checked_and_round_trip():
+    cfg = TrainConfig(blur_sigma=[0.5, 2.0], p_blur=0.5, zoom=(0.8, 1.25), p_zoom=0.3)
+    assert cfg.blur_sigma == (0.5, 2.0)
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    for bad, what in (({"blur_sigma": (2.0, 1.0)}, "blur_sigma"),
+                      ({"blur_sigma": (-1.0, 1.0)}, "blur_sigma"),
+                      ({"blur_sigma": (1.0,)}, "blur_sigma"), ({"p_blur": 1.5}, "p_blur"),
+                      ({"zoom": (0.0, 1.0)}, "zoom"), ({"p_zoom": -0.1}, "p_zoom")):
+        with pytest.raises(NSEError, match=what):
+            TrainConfig(**bad)

@@ -77,6 +77,17 @@ def elastic_field(
     return field
 
 
+def zoom_field(shape: Sequence[int], factor: float, axes: Sequence[int]) -> np.ndarray:
+    """The displacement field ``(len(shape), *shape)`` that magnifies by ``factor`` about the
+    centre along ``axes`` (sample ``x`` at ``c + (x - c) / factor``)."""
+    ndim = len(shape)
+    field = np.zeros((ndim, *shape), dtype=np.float32)
+    for a in axes:
+        along = (np.arange(shape[a], dtype=np.float32) - (shape[a] - 1) / 2) * (1 / factor - 1)
+        field[a] = along.reshape([-1 if i == a else 1 for i in range(ndim)])
+    return field
+
+
 def warp(array: np.ndarray, field: np.ndarray, order: int) -> np.ndarray:
     """Sample ``array`` (spatial axes, or channels first then ``field.shape[0]`` spatial axes)
     at ``x + field(x)``: order 0 = nearest (labels), 1 = linear.
@@ -166,6 +177,10 @@ def augment(
     noise_std: tuple[float, float] | None = (0.0, 0.05),
     elastic: dict[str, float] | bool | None = None,
     p_elastic: float = 0.0,
+    blur_sigma: tuple[float, float] | None = None,
+    p_blur: float = 0.0,
+    zoom: tuple[float, float] | None = None,
+    p_zoom: float = 0.0,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Randomly transform a training crop and its labels consistently.
 
@@ -202,6 +217,16 @@ def augment(
     p_elastic
         Probability of the elastic deformation. ``0`` means: always when ``elastic`` is given,
         never otherwise; a positive value with ``elastic=None`` uses the defaults.
+    blur_sigma, p_blur
+        With probability ``p_blur``, a Gaussian blur of the image (not the labels) with a
+        standard deviation drawn from ``U(blur_sigma)`` pixels along the ``spatial_axes``,
+        before the intensity changes and the noise: out-of-focus nuclei whose annotated
+        outline lies inside their soft edge. No random number is drawn when it is off.
+    zoom, p_zoom
+        With probability ``p_zoom``, magnify image and labels together about the crop's centre
+        by a factor drawn log-uniformly from ``zoom`` along the ``spatial_axes`` (with the
+        elastic deformation, in one resampling): objects of other sizes than the annotated
+        ones. Needs labels of the image's spatial shape; off draws no random number.
 
     Returns
     -------
@@ -245,13 +270,12 @@ def augment(
             image = np.flip(image, [a + 1 for a in flip])
             labels = np.flip(labels, flip)
 
+    field = None
     if elastic is False:
         p = 0.0
     else:
         p = p_elastic if p_elastic > 0 else float(elastic is not None)
     if p > 0 and (p >= 1 or rng.random() < p):
-        if any(margin):
-            raise NSEError("elastic deformation needs labels of the image's spatial shape")
         params = dict(ELASTIC_DEFAULTS)
         if isinstance(elastic, dict):  # True / None: defaults
             unknown = set(elastic) - set(params)
@@ -259,8 +283,21 @@ def augment(
                 raise NSEError(f"unknown elastic settings {sorted(unknown)}; use spacing, sigma")
             params.update(elastic)
         field = elastic_field(spatial, rng, params["spacing"], params["sigma"], axes=geo_axes)
+    if zoom is not None and p_zoom > 0 and (p_zoom >= 1 or rng.random() < p_zoom):
+        factor = math.exp(rng.uniform(math.log(zoom[0]), math.log(zoom[1])))
+        field = zoom_field(spatial, factor, geo_axes) + (0 if field is None else field)
+    if field is not None:
+        if any(margin):
+            raise NSEError("elastic deformation and zoom need labels of the image's spatial "
+                           "shape")
         image = warp(image, field, order=1)
         labels = warp(np.ascontiguousarray(labels), field, order=0)
+
+    if blur_sigma is not None and p_blur > 0 and (p_blur >= 1 or rng.random() < p_blur):
+        sigma = float(rng.uniform(*blur_sigma))
+        if sigma > 0:
+            per_axis = [0.0] + [sigma if a in geo_axes else 0.0 for a in range(ndim)]
+            image = ndimage.gaussian_filter(image, per_axis, mode="reflect")
 
     n_channels = image.shape[0]
     scale = _uniform(rng, intensity_scale, 1.0, n_channels).astype(np.float32)

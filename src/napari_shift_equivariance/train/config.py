@@ -98,6 +98,12 @@ class TrainConfig:
     noise_std: tuple[float, float] | None = (0.0, 0.05)
     elastic: dict[str, float] | None = field(default_factory=lambda: dict(ELASTIC_DEFAULTS))
     p_elastic: float = 0.3
+    # Gaussian blur of the image only, sigma ~ U(blur_sigma) px, on a p_blur share of the crops
+    blur_sigma: tuple[float, float] | None = None
+    p_blur: float = 0.0
+    # magnify image and labels by a log-uniform factor from zoom on a p_zoom share of the crops
+    zoom: tuple[float, float] | None = None
+    p_zoom: float = 0.0
     # validation, calibration and checkpoints
     val_every: int | None = None
     val_fraction: float = 0.2
@@ -133,8 +139,11 @@ class TrainConfig:
             raise NSEError(f"background must be 'ignore' or 'instance', got {self.background!r}")
         if self.fg_loss not in FG_LOSSES:
             raise NSEError(f"fg_loss must be one of {', '.join(FG_LOSSES)}, got {self.fg_loss!r}")
-        if not 0 <= self.p_foreground <= 1 or not 0 <= self.p_elastic <= 1:
-            raise NSEError("p_foreground and p_elastic are probabilities from 0 to 1")
+        probabilities = ("p_foreground", "p_elastic", "p_blur", "p_zoom")
+        if not all(0 <= getattr(self, p) <= 1 for p in probabilities):
+            raise NSEError(f"{', '.join(probabilities)} are probabilities from 0 to 1")
+        self.blur_sigma = _check_range(self.blur_sigma, "blur_sigma", "pixels", 0.0)
+        self.zoom = _check_range(self.zoom, "zoom", "factors", 1e-3)
         if not 0 < self.val_fraction < 1:
             raise NSEError(f"val_fraction must lie between 0 and 1, got {self.val_fraction}")
         if self.coord_scale is not None:
@@ -156,11 +165,23 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
         check_known_fields(cls, d, "training settings")
-        tuples = ("intensity_scale", "intensity_offset", "noise_std")
+        tuples = ("intensity_scale", "intensity_offset", "noise_std", "blur_sigma", "zoom")
         return cls(**{k: tuple(v) if k in tuples and v is not None else v for k, v in d.items()})
 
     def replace(self, **changes: Any) -> TrainConfig:
         return dataclasses.replace(self, **changes)
+
+
+def _check_range(value: Any, name: str, unit: str, low: float) -> tuple[float, float] | None:
+    """``None`` or a ``(lo, hi)`` tuple of finite numbers with ``low <= lo <= hi``."""
+    if value is None:
+        return None
+    if not (isinstance(value, (tuple, list)) and len(value) == 2
+            and all(isinstance(v, (int, float)) and math.isfinite(v) for v in value)
+            and low <= value[0] <= value[1]):
+        raise NSEError(f"{name} must be (low, high) {unit} with {low:g} <= low <= high, got "
+                       f"{value!r}")
+    return (float(value[0]), float(value[1]))
 
 
 @dataclass

@@ -292,7 +292,8 @@ class CropSampler:
                 intensity_scale=cfg.intensity_scale, intensity_offset=cfg.intensity_offset,
                 noise_std=cfg.noise_std,
                 elastic=cfg.elastic if (cfg.elastic and cfg.p_elastic > 0) else False,
-                p_elastic=cfg.p_elastic,
+                p_elastic=cfg.p_elastic, blur_sigma=cfg.blur_sigma, p_blur=cfg.p_blur,
+                zoom=cfg.zoom, p_zoom=cfg.p_zoom,
             )
             if cfg.flips:
                 # drawn here rather than by augment(flips=True): this is the random stream the
