@@ -116,6 +116,11 @@ def _uniform(rng: np.random.Generator, bounds: tuple[float, float] | None, defau
     return rng.uniform(lo, hi, size=size)
 
 
+def _drawn(rng: np.random.Generator, p: float) -> bool:
+    """True with probability ``p``; draws a random number only for ``0 < p < 1``."""
+    return p > 0 and (p >= 1 or rng.random() < p)
+
+
 def _random_rotation(
     rng: np.random.Generator, sizes: dict[int, int]
 ) -> tuple[dict[int, int], list[int]]:
@@ -275,7 +280,7 @@ def augment(
         p = 0.0
     else:
         p = p_elastic if p_elastic > 0 else float(elastic is not None)
-    if p > 0 and (p >= 1 or rng.random() < p):
+    if _drawn(rng, p):
         params = dict(ELASTIC_DEFAULTS)
         if isinstance(elastic, dict):  # True / None: defaults
             unknown = set(elastic) - set(params)
@@ -283,7 +288,7 @@ def augment(
                 raise NSEError(f"unknown elastic settings {sorted(unknown)}; use spacing, sigma")
             params.update(elastic)
         field = elastic_field(spatial, rng, params["spacing"], params["sigma"], axes=geo_axes)
-    if zoom is not None and p_zoom > 0 and (p_zoom >= 1 or rng.random() < p_zoom):
+    if zoom is not None and _drawn(rng, p_zoom):
         factor = math.exp(rng.uniform(math.log(zoom[0]), math.log(zoom[1])))
         field = zoom_field(spatial, factor, geo_axes) + (0 if field is None else field)
     if field is not None:
@@ -293,7 +298,7 @@ def augment(
         image = warp(image, field, order=1)
         labels = warp(np.ascontiguousarray(labels), field, order=0)
 
-    if blur_sigma is not None and p_blur > 0 and (p_blur >= 1 or rng.random() < p_blur):
+    if blur_sigma is not None and _drawn(rng, p_blur):
         sigma = float(rng.uniform(*blur_sigma))
         if sigma > 0:
             per_axis = [0.0] + [sigma if a in geo_axes else 0.0 for a in range(ndim)]
