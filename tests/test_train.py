@@ -213,7 +213,7 @@ def test_progress_reports_every_iteration_and_loss_decreases(pair):
             "fraction"} <= set(steps[0])
     assert steps == result.history
     assert [e["stage"] for e in entries[40:]] == ["calibrate"] * (len(entries) - 41) + ["done"]
-    assert entries[-1]["val_ap"] == result.calibration.ap
+    assert entries[-1]["val_ap"] == result.calibration.validation_ap
     first = np.mean([e["loss"] for e in steps[:5]])
     last = np.mean([e["loss"] for e in steps[-5:]])
     assert last < first
@@ -532,8 +532,14 @@ def test_cli_reports_the_calibration(files, capsys):
     assert main(_args(files, "--out", str(files / "m.pt"), "--json")) == 0
     out = json.loads(capsys.readouterr().out)
     cal = out["calibration"]
-    assert out["val_ap"] == cal["ap"] and cal["bandwidth"] > 0
+    assert out["val_ap"] == cal["heldout_ap"] is not None and cal["bandwidth"] > 0
     assert load_model(files / "m.pt").config.extra["bandwidth"] == cal["bandwidth"]
+    assert main(_args(files, "--out", str(files / "v.pt"), "--json", "--calibrate-on",
+                      "validation")) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["calibration"]["heldout_ap"] is None
+    assert out["val_ap"] == out["calibration"]["ap"]
+    assert out["config"]["extra"]["train"]["calibrate_on"] == "validation"
     assert main(_args(files, "--out", str(files / "n.pt"), "--json", "--no-calibrate")) == 0
     assert json.loads(capsys.readouterr().out)["calibration"] is None
     assert "bandwidth" not in load_model(files / "n.pt").config.extra
@@ -604,3 +610,32 @@ def test_blur_and_zoom_settings_are_checked_and_round_trip():
                       ({"zoom": (0.0, 1.0)}, "zoom"), ({"p_zoom": -0.1}, "p_zoom")):
         with pytest.raises(NSEError, match=what):
             TrainConfig(**bad)
+
+
+def test_calibrate_on_is_checked():
+    assert TrainConfig().calibrate_on == "all"
+    with pytest.raises(NSEError, match="calibrate_on must be one of all, validation"):
+        TrainConfig(calibrate_on="train")
+
+
+def test_calibration_data_holds_whole_training_images_up_to_the_pixel_budget(monkeypatch):
+    from napari_shift_equivariance.train import loop
+
+    raw = [(np.zeros((100, 100)), np.ones((100, 100), np.int64)),
+           (np.zeros((50, 50)), np.ones((50, 50), np.int64)),
+           (np.zeros((200, 200)), np.ones((200, 200), np.int64))]
+    val = ([raw[2][0][160:]], [raw[2][1][160:]])  # the split: a view of the largest image
+    notes = []
+    monkeypatch.setattr(loop, "CALIBRATION_PIXELS", 200 * 200 + 100 * 100)
+    (images, labels), desc = loop._calibration_data(val, raw, "the crop", notes)
+    assert [i.shape for i in images] == [(200, 200), (100, 100)]  # the split's image first
+    assert [lab.shape for lab in labels] == [(200, 200), (100, 100)]
+    assert desc == ("2 whole training image(s) (1 left out: over 50000 px), the crop among "
+                    "them")
+    assert notes[-1].startswith(f"calibrating on {desc}")
+    monkeypatch.setattr(loop, "CALIBRATION_PIXELS", 100 * 100)  # the split's image is too big
+    (images, _), desc = loop._calibration_data(val, raw, "the crop", [])
+    assert [i.shape for i in images] == [(40, 200), (100, 100)]
+    assert desc.endswith(", and the crop")
+    monkeypatch.setattr(loop, "CALIBRATION_PIXELS", 10)
+    assert loop._calibration_data(val, raw, "the crop", []) == (val, "the crop")

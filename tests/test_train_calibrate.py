@@ -103,15 +103,33 @@ def test_a_trained_model_is_calibrated_and_segment_uses_it():
                       iterations=60, lr=1e-2, device="cpu")
     result = train([img], [lab], cfg)
     cal, extra = result.calibration, result.model.config.extra
-    assert cal is not None and cal.data.startswith("the last")
+    # calibrate_on="all": the whole training image, the held-out crop among them
+    assert cal is not None and cal.data == ("1 whole training image(s), the last 24 px of "
+                                            "image 1 along axis 0 among them")
+    assert any(n.startswith(f"calibrating on {cal.data}") for n in result.notes)
     assert (extra["bandwidth"], extra["fg_threshold"], extra["min_size"]) == (
         cal.bandwidth, cal.fg_threshold, cal.min_size)
     assert cal.ap >= cal.default_ap
-    val_img, val_lab = img[-23:], lab[-23:]  # the held-out crop (20 % of 112 px)
-    res = segment(result.model, val_img, "whole", device="cpu")
+    res = segment(result.model, img, "whole", device="cpu")
     assert res.info["bandwidth"] == cal.bandwidth
     assert res.info["fg_threshold"] == cal.fg_threshold
-    assert ap50(val_lab, res.labels) == pytest.approx(cal.ap)
+    assert ap50(lab, res.labels) == pytest.approx(cal.ap)
+    val_img, val_lab = img[-24:], lab[-24:]  # the held-out crop (20 % of 112 px, rounded)
+    held = segment(result.model, val_img, "whole", device="cpu").labels
+    assert ap50(val_lab, held) == pytest.approx(cal.heldout_ap) == pytest.approx(
+        cal.validation_ap)
+    assert extra["calibration"]["heldout_ap"] == cal.heldout_ap
+    assert f"{cal.heldout_ap:.3f} on the held-out crop alone" in cal.ap_text()
+
+
+def test_calibrate_on_validation_scores_the_held_out_crop_alone():
+    img, lab = nuclei((112, 64), radius=(3.0, 6.0), seed=4)
+    cfg = TrainConfig(depth=1, base_channels=4, embedding_dim=4, batch_size=2, window=24,
+                      iterations=20, lr=1e-2, device="cpu", calibrate_on="validation")
+    cal = train([img], [lab], cfg).calibration
+    assert cal.data == "the last 24 px of image 1 along axis 0"
+    assert cal.heldout_ap is None and cal.validation_ap == cal.ap
+    assert "held-out" not in cal.ap_text()
 
 
 def test_fine_tuning_without_calibration_drops_the_start_models_calibration():

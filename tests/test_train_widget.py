@@ -33,7 +33,10 @@ def test_dock_shows_validation_ap_and_the_calibration(make_napari_viewer, qtbot)
     assert t.status.value.startswith("done, 8 iterations"), t.status.value
     assert any("val_ap" in e for e in t.history)  # validated while training
     cal = t.model.config.extra["calibration"]
-    assert t.val_info.value.startswith(f"validation AP@0.5: {cal['ap']:.3f} calibrated")
+    assert t.val_info.value.startswith(f"calibrated: AP@0.5 {cal['ap']:.3f} on the "
+                                       "calibration data")
+    if cal["heldout_ap"] is not None:  # calibrated on the training image too
+        assert f"{cal['heldout_ap']:.3f} on the held-out crop alone" in t.val_info.value
     opts = ClusterOptions().resolve(t.model.config)
     assert opts.bandwidth == cal["bandwidth"] and opts.fg_threshold == cal["fg_threshold"]
 

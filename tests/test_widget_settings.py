@@ -291,5 +291,6 @@ def test_a_model_trained_in_the_dock_is_calibrated_and_segment_uses_it(make_napa
     assert "calibrated" in t.val_info.value, t.val_info.value
     assert seg.model.value == ModelSource.registry(t.model_name)
     assert f"bandwidth {extra['bandwidth']:.3g}" in seg.cluster_info.value
-    assert "calibrated on validation" in seg.cluster_info.value
+    assert f"calibrated on {extra['calibration']['data']}" in seg.cluster_info.value
+    assert "whole training image" in seg.cluster_info.value
     assert seg.bandwidth.value is None  # auto: the calibration is what segment() uses

@@ -336,7 +336,8 @@ class SegmentWidget(SettingsOwner, Container, ResultViews):
             w.show_auto(value)
         extra = config.extra or {}
         calibrated = [k for k in ("bandwidth", "fg_threshold", "min_size") if k in extra]
-        how = ("calibrated on validation images" if calibrated else
+        data = (extra.get("calibration") or {}).get("data") or "held-out images"
+        how = (f"calibrated on {data}" if calibrated else
                "not calibrated: bandwidth from the loss margins")
         self.cluster_info.value = (f"auto (model): bandwidth {auto.bandwidth:.3g} · "
                                    f"foreground > {auto.fg_threshold:.2f} · min size "

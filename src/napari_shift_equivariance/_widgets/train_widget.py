@@ -169,7 +169,8 @@ class TrainWidget(SettingsOwner, Container):
         self.status = WrapLabel(value="ready", lines=2)
         self.val_info = WrapLabel(value=NO_VAL, lines=2,
                                   tooltip="AP@0.5 on the crop held out of training; after "
-                                  "training (or Stop) the clustering is calibrated on it")
+                                  "training (or Stop) the clustering is calibrated on the "
+                                  "training images, that crop among them")
         self.save_path = FileEdit(label="Save as", mode="w", filter="*.pt")
         self.save_btn = PushButton(text="Save model", enabled=False)
         self.plot = LossPlot()
@@ -391,7 +392,7 @@ class TrainWidget(SettingsOwner, Container):
                 pbar.update(min(it, total) - pbar.n)
             stage = entries[-1] if entries else {}
             if stage.get("stage") == "calibrate":  # after the last iteration's report
-                self.status.value = (f"calibrating on the validation split "
+                self.status.value = (f"calibrating "
                                      f"{stage.get('done', 0)}/{stage.get('total', '?')}")
 
         def done(status: str, value: Any) -> None:
@@ -441,9 +442,7 @@ class TrainWidget(SettingsOwner, Container):
         self.status.value = f"{how}; model {self.model_name!r} is ready"
         cal = getattr(result, "calibration", None)
         if cal is not None:  # train() calibrates at the end, also after Stop
-            self.val_info.value = (
-                f"validation AP@0.5: {cal.ap:.3f} calibrated ({cal.describe()}; uncalibrated "
-                f"{cal.default_ap:.3f})")
+            self.val_info.value = f"calibrated: {cal.ap_text()}; {cal.describe()}"
         self.status.tooltip = "\n".join(getattr(result, "notes", []) or [])
         notify(f"training {how}: model {self.model_name!r}")
 

@@ -19,6 +19,7 @@ CONFIG_FLAGS = (
     "ndim", "depth", "factor", "base_channels", "embedding_dim", "upsampling", "window",
     "iterations", "lr", "batch_size", "seed", "device", "delta_v", "delta_d", "background",
     "ignore_index", "fg_loss", "val_every", "checkpoint_every", "time_limit", "coord_scale",
+    "calibrate_on",
 )
 
 
@@ -91,8 +92,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     t.add_argument("--keep-best", action="store_true",
                    help="return the weights with the best validation AP, not the last ones")
     t.add_argument("--no-calibrate", action="store_true",
-                   help="do not choose bandwidth / foreground threshold / minimum size on the "
-                   "validation crop after training (segment then uses the loss margins)")
+                   help="do not choose bandwidth / foreground threshold / minimum size after "
+                   "training (segment then uses the loss margins)")
+    t.add_argument("--calibrate-on", choices=["all", "validation"],
+                   help="all (default): calibrate on the whole training images, the held-out "
+                   "crop among them (a crop of a few objects picks noisy settings); "
+                   "validation: on the held-out crop alone")
     t.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N iterations")
     t.add_argument("--checkpoint-dir", help="checkpoint folder (default: OUT.checkpoints)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")
@@ -248,7 +253,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "model": str(path),
         "iterations": int(last.get("iteration", 0)),
         "final_loss": last.get("loss"),
-        "val_ap": cal.ap if cal is not None else (vals[-1] if vals else None),
+        "val_ap": cal.validation_ap if cal is not None else (vals[-1] if vals else None),
         "calibration": cal.to_dict() if cal is not None else None,
         "stopped": result.model.config.extra.get("stopped"),
         "seconds": last.get("seconds"),
@@ -260,8 +265,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     loss = f", final loss {last['loss']:.4g}" if last else ""
     val = f", validation AP@0.5 {vals[-1]:.3f}" if vals else ""
     if cal is not None:
-        val = (f", calibrated on {cal.data}: {cal.describe()}, validation AP@0.5 "
-               f"{cal.ap:.3f} (uncalibrated {cal.default_ap:.3f})")
+        val = f", calibrated on {cal.data}: {cal.describe()}, {cal.ap_text()}"
     if data["stopped"] == "time_limit":
         loss += f", stopped by the time limit of {config.time_limit:g} s"
     emit(args, data, f"wrote {path} after {data['iterations']} iterations{loss}{val}")

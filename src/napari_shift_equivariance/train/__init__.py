@@ -23,6 +23,8 @@ from .calibrate import (
 )
 from .config import (
     BACKGROUNDS,
+    CALIBRATE_ON,
+    CALIBRATION_PIXELS,
     DEFAULT_PRESET_IMAGES,
     FG_LOSSES,
     PRESETS,
@@ -48,7 +50,8 @@ from .sampling import (
 )
 
 __all__ = [
-    "BACKGROUNDS", "CALIBRATION_KEYS", "CHECKPOINT_KEY", "DEFAULT_PRESET_IMAGES", "FG_LOSSES",
+    "BACKGROUNDS", "CALIBRATE_ON", "CALIBRATION_KEYS", "CALIBRATION_PIXELS", "CHECKPOINT_KEY",
+    "DEFAULT_PRESET_IMAGES", "FG_LOSSES",
     "PRESETS", "UNLIMITED_ITERATIONS", "Calibration", "CropSampler", "Preset", "ProgressFn",
     "SplitInstanceWarning", "TrainArray", "TrainConfig", "TrainResult", "ap50", "calibrate",
     "check_pair", "clear_calibration", "default_grid", "default_window", "evaluate",

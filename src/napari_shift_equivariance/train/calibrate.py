@@ -97,6 +97,8 @@ class Calibration:
 
     ``ap`` is the mean AP@0.5 at the chosen settings, ``default_ap`` at the uncalibrated
     defaults (margin bandwidth, threshold 0.5, default minimum size, no positions);
+    ``heldout_ap`` (set by ``train`` when it calibrated on the training images too) the
+    AP@0.5 of the held-out split alone at the chosen settings;
     ``scores`` holds every grid point as ``{"bandwidth", "fg_threshold", "min_size",
     "relative_min_size", "spatial_radius", "ap"}``; ``data`` says which images were used.
     """
@@ -116,9 +118,23 @@ class Calibration:
     complete: bool = True
     spatial_radius: float = 0.0
     relative_min_size: float = 0.0
+    heldout_ap: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+    @property
+    def validation_ap(self) -> float:
+        """AP@0.5 on held-out data at the chosen settings: ``heldout_ap`` when the
+        calibration data also held training images, else ``ap``."""
+        return self.ap if self.heldout_ap is None else self.heldout_ap
+
+    def ap_text(self) -> str:
+        """The AP figures in words, for messages."""
+        held = ("" if self.heldout_ap is None else
+                f", {self.heldout_ap:.3f} on the held-out crop alone")
+        return (f"AP@0.5 {self.ap:.3f} on the calibration data{held} (uncalibrated "
+                f"{self.default_ap:.3f})")
 
     def describe(self) -> str:
         """The chosen settings in words, for messages."""

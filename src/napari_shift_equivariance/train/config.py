@@ -25,6 +25,11 @@ FG_LOSSES = ("bce", "dice", "bce+dice")
 UNLIMITED_ITERATIONS = 10**9
 #: iterations when neither ``iterations`` nor a time limit is given
 DEFAULT_ITERATIONS = 2000
+#: what the final calibration scores (``TrainConfig.calibrate_on``)
+CALIBRATE_ON = ("all", "validation")
+#: ``calibrate_on="all"``: training images are added to the calibration data while it holds
+#: at most this many pixels (the held-out split always counts)
+CALIBRATION_PIXELS = 2**20
 
 
 @dataclass
@@ -47,8 +52,12 @@ class TrainConfig:
     or calibration is on. ``keep_best``: return the weights of the best validation AP.
 
     ``calibrate``: after training, choose the mean-shift bandwidth, foreground threshold and
-    minimum size that maximise AP@0.5 on the validation split (:func:`calibrate`) and store
-    them in ``model.config.extra``.
+    minimum size that maximise AP@0.5 (:func:`calibrate`) and store them in
+    ``model.config.extra``. ``calibrate_on``: with the automatic validation split, ``"all"``
+    calibrates on the whole training images (the held-out split and the training part: a
+    split of a few objects picks noisy settings; images beyond
+    :data:`CALIBRATION_PIXELS` are left out), ``"validation"`` on the held-out split alone.
+    Validation images given to :func:`train` are always what it calibrates on.
     """
 
     # architecture
@@ -110,6 +119,7 @@ class TrainConfig:
     val_bandwidth: float | None = None
     keep_best: bool = False
     calibrate: bool = True
+    calibrate_on: str = "all"
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
@@ -144,6 +154,9 @@ class TrainConfig:
             raise NSEError(f"{', '.join(probabilities)} are probabilities from 0 to 1")
         self.blur_sigma = _check_range(self.blur_sigma, "blur_sigma", "pixels", 0.0)
         self.zoom = _check_range(self.zoom, "zoom", "factors", 1e-3)
+        if self.calibrate_on not in CALIBRATE_ON:
+            raise NSEError(f"calibrate_on must be one of {', '.join(CALIBRATE_ON)}, got "
+                           f"{self.calibrate_on!r}")
         if not 0 < self.val_fraction < 1:
             raise NSEError(f"val_fraction must lie between 0 and 1, got {self.val_fraction}")
         if self.coord_scale is not None:

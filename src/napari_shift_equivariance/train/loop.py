@@ -29,7 +29,7 @@ from ..loss import COORD_SPAN, TrainingLoss
 from ..model import ModelConfig, UNet, build_model, load_model, resolve_device, save_model
 from ..options import model_coord_scale
 from .calibrate import Calibration, calibrate, clear_calibration, object_diameter
-from .config import ProgressFn, TrainConfig, TrainResult
+from .config import CALIBRATION_PIXELS, ProgressFn, TrainConfig, TrainResult
 from .sampling import CropSampler, TrainArray, prepare_data, resolve_window, split_validation
 
 CHECKPOINT_KEY = "checkpoint"
@@ -214,8 +214,9 @@ class Validator:
     itself, for the clock's estimate of the final calibration."""
 
     def __init__(self, images: list[Any], labels: list[Any], ignore_index: int | None,
-                 device: torch.device):
+                 device: torch.device, cal_scale: float = 1.0):
         self.images, self.labels = images, labels
+        self.cal_scale = cal_scale  # pixels of the final calibration's data / of these
         self.ignore_index = ignore_index
         self.device = device
         self.bandwidth: float | None = None
@@ -261,6 +262,12 @@ class Validator:
     def calibration_cost(self, n_clusterings: int) -> float:
         return self.seconds_predict + len(self.images) * n_clusterings * (
             self.seconds_per_clustering)
+
+    def final_cost(self, n_clusterings: int) -> float:
+        """The final calibration's estimated cost: on its data, which may be larger (its
+        cost grows with the pixels, as prediction and clustering do)."""
+        extra = self.calibration_cost(1) if self.cal_scale != 1 else 0.0  # held-out AP
+        return self.cal_scale * self.calibration_cost(n_clusterings) + extra
 
 
 def train(
@@ -357,13 +364,16 @@ def train(
 
     clock = Clock(config, t_start)
     validator = None
-    cal_data = val
+    cal_data, cal_desc = val, val_desc
     if cal_data is None and config.calibrate:
         cal_data = ([r[0] for r in raw], [r[1] for r in raw])
-        val_desc = "the training images (no validation split could be held out: optimistic)"
+        cal_desc = "the training images (no validation split could be held out: optimistic)"
         notes.append("calibrating on the training images: no validation split")
+    elif val is not None and validation is None and config.calibrate_on == "all":
+        cal_data, cal_desc = _calibration_data(val, raw, val_desc, notes)
     if cal_data is not None:
-        validator = Validator(*cal_data, config.ignore_index, device)
+        validator = Validator(*(val or cal_data), config.ignore_index, device,
+                              cal_scale=_pixels(cal_data) / _pixels(val or cal_data))
     n_cal = _calibration_clusterings(model.config, cal_data)
     # built before the time check: the first optimizer imports much of torch (seconds)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
@@ -432,7 +442,7 @@ def train(
                     best = (cal.ap, it + 1, {k: v.detach().cpu().clone()
                                              for k, v in model.state_dict().items()})
             if config.time_limit is not None and validator is not None:
-                clock.reserve = min(RESERVE_FACTOR * validator.calibration_cost(n_cal),
+                clock.reserve = min(RESERVE_FACTOR * validator.final_cost(n_cal),
                                     MAX_RESERVE_SHARE * config.time_limit)
             history.append(entry)
             if progress is not None:
@@ -449,14 +459,16 @@ def train(
                          f"{best[0]:.3f})")
         calibration = None
         if config.calibrate and cal_data is not None:
-            calibration = _final_calibration(model, cal_data, val_desc, config, device,
+            calibration = _final_calibration(model, cal_data, cal_desc, config, device,
                                              progress, done, clock)
             calibration.apply(model)
+            if cal_data is not val and val is not None:
+                calibration.heldout_ap = heldout_ap(model, val, config, device)
+                calibration.apply(model)  # the record with it
             if not calibration.complete:
                 notes.append("the calibration search was cut short by the time limit")
-            notes.append(f"calibrated on {val_desc}: {calibration.describe()}: AP@0.5 "
-                         f"{calibration.ap:.3f} (uncalibrated defaults "
-                         f"{calibration.default_ap:.3f})")
+            notes.append(f"calibrated on {cal_desc}: {calibration.describe()}: "
+                         f"{calibration.ap_text()}")
     model.eval().cpu()
     cancelled = stopped == "cancelled"
     model.config.extra.update({"cancelled": cancelled, "iterations_done": done,
@@ -468,7 +480,7 @@ def train(
     if progress is not None:
         progress({"stage": "done", "iteration": done, "iterations": config.iterations,
                   "seconds": clock.elapsed(), "stopped": stopped,
-                  "val_ap": calibration.ap if calibration else None,
+                  "val_ap": calibration.validation_ap if calibration else None,
                   "bandwidth": calibration.bandwidth if calibration else None,
                   "fg_threshold": calibration.fg_threshold if calibration else None,
                   "min_size": calibration.min_size if calibration else None,
@@ -491,6 +503,47 @@ def _validation_data(validation, arrays, raw, window, config: TrainConfig, notes
         return None, ""
     desc = next((n for n in reversed(notes) if n.startswith("validation on")), "")
     return ([held[0]], [held[1]]), desc.removeprefix("validation on ").split(" (")[0]
+
+
+def heldout_ap(model: UNet, val: tuple[list, list], config: TrainConfig,
+               device: torch.device) -> float:
+    """AP@0.5 of the held-out split at the model's (calibrated) settings."""
+    from .calibrate import evaluate
+
+    return float(evaluate(model, *val, ignore_index=config.ignore_index,
+                          device=str(device))["ap"])
+
+
+def _pixels(data: tuple[list, list]) -> int:
+    return sum(int(np.asarray(lab).size) for lab in data[1])
+
+
+def _calibration_data(val: tuple[list, list], raw: list[tuple[np.ndarray, np.ndarray]],
+                      val_desc: str, notes: list[str]) -> tuple[tuple[list, list], str]:
+    """``calibrate_on="all"``: the whole training images (the one the split came from first)
+    while they hold at most :data:`CALIBRATION_PIXELS` pixels, and the held-out split itself
+    when its image is not among them."""
+    source = next((i for i, (im, _) in enumerate(raw) if np.shares_memory(im, val[0][0])),
+                  None)
+    order = ([] if source is None else [source]) + [i for i in range(len(raw)) if i != source]
+    used, total = [], 0
+    for i in order:
+        if total + raw[i][1].size <= CALIBRATION_PIXELS:
+            used.append(i)
+            total += raw[i][1].size
+    if not used:
+        return val, val_desc
+    images, labels = [raw[i][0] for i in used], [raw[i][1] for i in used]
+    if source not in used:
+        images, labels = [val[0][0], *images], [val[1][0], *labels]
+    left = len(raw) - len(used)
+    desc = (f"{len(used)} whole training image(s)"
+            + (f" ({left} left out: over {CALIBRATION_PIXELS} px)" if left else "")
+            + (f", {val_desc} among them" if source in used else f", and {val_desc}"))
+    notes.append(f"calibrating on {desc}: a held-out crop alone often holds too few objects "
+                 "to choose settings; its AP at the chosen ones is reported apart (the "
+                 "training pixels make the calibration's own AP optimistic)")
+    return (images, labels), desc
 
 
 def _validate_now(iteration: int, config: TrainConfig, every: int,
@@ -516,7 +569,7 @@ def _check_time_limit(config: TrainConfig, clock: Clock, validator: Validator | 
     if validator is None:
         return
     validator.measure(model)
-    full = RESERVE_FACTOR * validator.calibration_cost(n_cal)
+    full = RESERVE_FACTOR * validator.final_cost(n_cal)
     clock.reserve = min(full, MAX_RESERVE_SHARE * config.time_limit)
     need = clock.elapsed() + full + validator.seconds_predict
     if need >= MIN_TRAINING_SHARE * config.time_limit:
