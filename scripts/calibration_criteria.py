@@ -53,7 +53,8 @@ def run(style: str, time_limit: float) -> dict:
     out = {"style": style, "iterations": len(result.history), "held_px": held,
            "tune_best": round(max(ap["tune"].values()), 3)}
     for name, f in criteria.items():
-        # ties: the threshold nearest 0.5, then the smallest relative size (as calibrate)
+        # ties: the threshold nearest 0.5, then the smallest relative size, then the first
+        # grid point (calibrate itself takes the middle of tied bandwidths)
         p = max(points, key=lambda q: (round(f(q), 6), -abs(q[1] - 0.5), -q[2]))
         out[name] = {"bandwidth": p[0], "fg_threshold": p[1], "relative_min_size": p[2],
                      "tune_ap": round(ap["tune"][p], 3)}

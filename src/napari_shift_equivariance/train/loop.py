@@ -28,7 +28,7 @@ from ..labels import instance_sizes
 from ..loss import COORD_SPAN, TrainingLoss
 from ..model import ModelConfig, UNet, build_model, load_model, resolve_device, save_model
 from ..options import model_coord_scale
-from .calibrate import Calibration, calibrate, clear_calibration, object_diameter
+from .calibrate import Calibration, calibrate, clear_calibration, evaluate, object_diameter
 from .config import CALIBRATION_PIXELS, ProgressFn, TrainConfig, TrainResult
 from .sampling import CropSampler, TrainArray, prepare_data, resolve_window, split_validation
 
@@ -372,8 +372,9 @@ def train(
     elif val is not None and validation is None and config.calibrate_on == "all":
         cal_data, cal_desc = _calibration_data(val, raw, val_desc, notes)
     if cal_data is not None:
-        validator = Validator(*(val or cal_data), config.ignore_index, device,
-                              cal_scale=_pixels(cal_data) / _pixels(val or cal_data))
+        watched = val or cal_data  # what is validated while training
+        validator = Validator(*watched, config.ignore_index, device,
+                              cal_scale=_pixels(cal_data) / _pixels(watched))
     n_cal = _calibration_clusterings(model.config, cal_data)
     # built before the time check: the first optimizer imports much of torch (seconds)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
@@ -508,8 +509,6 @@ def _validation_data(validation, arrays, raw, window, config: TrainConfig, notes
 def heldout_ap(model: UNet, val: tuple[list, list], config: TrainConfig,
                device: torch.device) -> float:
     """AP@0.5 of the held-out split at the model's (calibrated) settings."""
-    from .calibrate import evaluate
-
     return float(evaluate(model, *val, ignore_index=config.ignore_index,
                           device=str(device))["ap"])
 
