@@ -22,6 +22,10 @@ training), ``default`` (the bundled model, zero-shot, its stored calibration), `
 image; it calibrates itself on its automatic validation split), ``finetuned`` (the same from
 ``default`` with ``time_limit=300``).
 
+``--repeats N`` trains each trained / fine-tuned row N times (``TrainConfig.seed`` 0..N-1; seed
+0 is the default) and prints the mean, standard deviation and range of AP@0.5 per row: single
+time-limited runs on one small held-out crop spread by about 0.1.
+
 Columns: AP@0.5 and the DSB score (mean AP at IoU 0.5:0.05:0.95) with optimal one-to-one
 matching; false splits / merges (Caicedo et al. 2019: objects associated when their IoU
 exceeds 0.1); ``AP glob``: AP@0.5 when mean-shift sees the whole image at once
@@ -99,11 +103,13 @@ def model_segmenter(model):
     return run
 
 
-def train_model(train_pair, method: str, limit: float, overrides: dict | None = None):
+def train_model(train_pair, method: str, limit: float, overrides: dict | None = None,
+                seed: int | None = None):
     from napari_shift_equivariance.train import TrainConfig, train
 
     image, labels = train_pair
-    config = TrainConfig(time_limit=limit, device="cpu", **(overrides or {}))
+    fields = {**(overrides or {}), **({} if seed is None else {"seed": seed})}
+    config = TrainConfig(time_limit=limit, device="cpu", **fields)
     t0 = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -111,6 +117,7 @@ def train_model(train_pair, method: str, limit: float, overrides: dict | None = 
                        init_model="default" if method == "finetuned" else None)
     seconds = time.perf_counter() - t0
     return result.model, {"seconds": seconds, "iterations": len(result.history),
+                          "seed": config.seed,
                           "calibration": {k: result.model.config.extra.get(k)
                                           for k in CALIBRATION_KEYS}}
 
@@ -159,10 +166,36 @@ def print_table(rows: list[dict], header: bool = True) -> None:
     for r in rows:
         g = goal(r["dataset"], r["method"])
         mark = "" if g is None else (f"{g:.2f}" + ("+" if r["ap50"] >= g else "-"))
-        tr = f"{r['seconds']:.0f} s, {r['iterations']} it" if "seconds" in r else ""
+        tr = (f"{r['seconds']:.0f} s, {r['iterations']} it, seed {r['seed']}" if "seconds" in r
+              else "")
         print(f"{r['dataset']:10}{r['method']:11}{r['ap50']:8.3f}{r['dsb']:7.3f}"
               f"{r['ap50_global']:9.3f}{r['tp']:5d}{r['fp']:5d}{r['fn']:5d}{r['splits']:7d}"
               f"{r['merges']:7d}{mark:>7}  {tr}", flush=True)
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """Mean, standard deviation and range of AP@0.5 for each (dataset, method) trained more
+    than once."""
+    groups: dict[tuple[str, str], list[float]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["method"]), []).append(r["ap50"])
+    out = []
+    for (ds, method), aps in groups.items():
+        if len(aps) < 2:
+            continue
+        a = np.asarray(aps)
+        out.append({"dataset": ds, "method": method, "runs": len(a), "mean": float(a.mean()),
+                    "sd": float(a.std(ddof=1)), "min": float(a.min()), "max": float(a.max())})
+    return out
+
+
+def print_summary(summary: list[dict]) -> None:
+    for s in summary:
+        g = goal(s["dataset"], s["method"])
+        mark = "" if g is None else f"; goal {g:.2f} {'met' if s['mean'] >= g else 'not met'}"
+        print(f"{s['dataset']:10}{s['method']:11} AP@0.5 over {s['runs']} runs: mean "
+              f"{s['mean']:.3f} +- {s['sd']:.3f} (min {s['min']:.3f}, max {s['max']:.3f})"
+              f"{mark}", flush=True)
 
 
 def main() -> int:
@@ -180,7 +213,11 @@ def main() -> int:
                    help="JSON of TrainConfig fields for trained/finetuned (default: none, "
                    "every setting at its default as the goals say), e.g. "
                    "'{\"boundary_gap\": true}'")
+    p.add_argument("--repeats", type=int, default=1,
+                   help="train each trained/finetuned row this many times (seeds 0..N-1)")
     args = p.parse_args()
+    if args.repeats < 1:
+        p.error("--repeats must be at least 1")
     torch.set_num_threads(args.threads)
     datasets = (args.datasets.split(",") if args.datasets else
                 ["real", "dense"] if args.quick else ["real", *STYLES])
@@ -213,13 +250,21 @@ def main() -> int:
             elif train_pair is None:
                 continue  # no training image for the 3D sets
             else:
-                model, extra = train_model(train_pair, method, limits[method], overrides)
-                res = score(model_segmenter(model), images, labels)
+                for k in range(args.repeats):
+                    model, extra = train_model(train_pair, method, limits[method], overrides,
+                                               seed=k if args.repeats > 1 else None)
+                    res = score(model_segmenter(model), images, labels)
+                    rows.append(row(ds, method, res, extra))
+                    print_table(rows[-1:], header=len(rows) == 1)
+                continue
             rows.append(row(ds, method, res, extra))
             print_table(rows[-1:], header=len(rows) == 1)
     print()
     print_table(rows)
-    report: dict = {"rows": rows, "threads": args.threads, "cpus": os.cpu_count(),
+    summary = summarize(rows)
+    print_summary(summary)
+    report: dict = {"rows": rows, "summary": summary, "repeats": args.repeats,
+                    "threads": args.threads, "cpus": os.cpu_count(),
                     "time_limits": limits, "quick": args.quick, "train_config": overrides}
     if args.seams:
         model = load_model("default")
