@@ -122,6 +122,13 @@ def train_model(train_pair, method: str, limit: float, overrides: dict | None = 
                                           for k in CALIBRATION_KEYS}}
 
 
+def trained_run(train_pair, method: str, limit: float, overrides: dict, seed: int | None,
+                images, labels) -> tuple[dict[str, Evaluation], dict]:
+    """Train one model (:func:`train_model`) and score it on the held-out images."""
+    model, extra = train_model(train_pair, method, limit, overrides, seed)
+    return score(model_segmenter(model), images, labels), extra
+
+
 def seam_figures(model, image: np.ndarray, gt: np.ndarray) -> dict:
     """Seam splits of naive vs correct stitching with the demo's tiles (``demo.demo_tiles``):
     correct ``n * f^l`` tiles of at most 64 px, naive tiles of the net's own valid size."""
@@ -238,27 +245,24 @@ def main() -> int:
             train_pair, (images, labels) = generated_data(ds, n_held)
         ndim = images[0].ndim
         for method in methods:
-            extra: dict = {}
             if method == "baseline":
                 def seg(x, scope):
                     return watershed_baseline(x)
                 res = score(seg, images, labels)
                 res["global"] = res["component"]  # the baseline has no embeddings
+                runs = [(res, {})]
             elif method == "default":
-                res = score(model_segmenter(load_model("default" if ndim == 2 else
-                                                       "default3d")), images, labels)
+                runs = [(score(model_segmenter(load_model("default" if ndim == 2 else
+                                                          "default3d")), images, labels), {})]
             elif train_pair is None:
                 continue  # no training image for the 3D sets
-            else:
-                for k in range(args.repeats):
-                    model, extra = train_model(train_pair, method, limits[method], overrides,
-                                               seed=k if args.repeats > 1 else None)
-                    res = score(model_segmenter(model), images, labels)
-                    rows.append(row(ds, method, res, extra))
-                    print_table(rows[-1:], header=len(rows) == 1)
-                continue
-            rows.append(row(ds, method, res, extra))
-            print_table(rows[-1:], header=len(rows) == 1)
+            else:  # one (result, extra) per repeat, trained as the loop asks
+                runs = (trained_run(train_pair, method, limits[method], overrides,
+                                    k if args.repeats > 1 else None, images, labels)
+                        for k in range(args.repeats))
+            for res, extra in runs:
+                rows.append(row(ds, method, res, extra))
+                print_table(rows[-1:], header=len(rows) == 1)
     print()
     print_table(rows)
     summary = summarize(rows)

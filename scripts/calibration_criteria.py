@@ -49,7 +49,7 @@ def choose(points: list, f, wide: bool, tolerance: float = TOLERANCE
            ) -> tuple[float, float, float]:
     """The grid point ``f`` scores best; ties: the threshold nearest 0.5, then the smallest
     relative size, then the first grid point (calibrate itself takes the middle of tied
-    bandwidths). ``wide``: the widest bandwidth among the points within :data:`TOLERANCE`
+    bandwidths). ``wide``: the widest bandwidth among the points within ``tolerance``
     of the best, then the best of that bandwidth's points."""
     def rank(q):
         return round(f(q), 6), -abs(q[1] - 0.5), -q[2]
