@@ -16,8 +16,9 @@ image). Each criterion's choice is scored on the tuning images: ``whole`` (what
 bandwidth (a model clusters the images it was trained on more tightly than new ones, so their
 best bandwidth is a lower bound). ``--seed`` sets ``TrainConfig.seed`` (several models per
 style); ``--save`` writes every grid point's AP on the three data sets, to score other
-criteria without training again. The figures of docs/training.md ("Calibrating on the whole
-training images") came from this script.
+criteria without training again. ``real``: the real nuclei of ``/work/shared/data``, trained
+on rows 0-189 and tuned on rows 210-282 (inside bench_quality's training rows). The figures
+of docs/training.md ("Calibrating on the whole training images") came from this script.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from napari_shift_equivariance.data import NUCLEI_STYLES, nuclei
@@ -36,6 +38,8 @@ from napari_shift_equivariance.train import TrainConfig, calibrate, train
 GRID = dict(fg_thresholds=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], min_sizes=[10],
             relative_min_sizes=[0.0, 0.1, 0.2, 0.3], spatial_radii=[0.0], search="full")
 TUNING_SEEDS = (900, 901)
+REAL = Path("/work/shared/data/nuclei-2d-real")
+REAL_TRAIN, REAL_TUNE = slice(0, 190), slice(210, 283)
 #: ``+wide`` criteria: grid points this close to the best AP count as tied
 TOLERANCE = 0.02
 CRITERIA = ("whole", "crop", "mean", "crop2", "whole+wide", "crop+wide", "mean+wide")
@@ -60,9 +64,22 @@ def choose(points: list, f, wide: bool, tolerance: float = TOLERANCE
     return max(points, key=rank)
 
 
+def real_split() -> tuple[tuple, list]:
+    """Real nuclei: train on rows 0-189, tune on rows 210-282; both inside bench_quality's
+    training rows (0-282), so its held-out rows (307-511) stay unseen."""
+    from napari_shift_equivariance.io import read_image
+
+    image = np.asarray(read_image(REAL / "image.tif", lazy=False))
+    labels = np.asarray(read_image(REAL / "labels.tif", lazy=False)).astype(np.int64)
+    return (image[REAL_TRAIN], labels[REAL_TRAIN]), [(image[REAL_TUNE], labels[REAL_TUNE])]
+
+
 def run(style: str, time_limit: float, seed: int = 0) -> tuple[dict, dict]:
-    image, labels = nuclei((256, 256), seed=100, style=style)
-    tuning = [nuclei((256, 256), seed=s, style=style) for s in TUNING_SEEDS]
+    if style == "real":
+        (image, labels), tuning = real_split()
+    else:
+        image, labels = nuclei((256, 256), seed=100, style=style)
+        tuning = [nuclei((256, 256), seed=s, style=style) for s in TUNING_SEEDS]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         result = train([image], [labels],
@@ -112,7 +129,7 @@ def rescore(files: list[Path], tolerances: list[float]) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("style", nargs="?", choices=list(NUCLEI_STYLES))
+    parser.add_argument("style", nargs="?", choices=[*NUCLEI_STYLES, "real"])
     parser.add_argument("--rescore", type=Path, nargs="+", metavar="TABLES",
                         help="score the criteria on tables written by --save (no training)")
     parser.add_argument("--tolerances", default="0.01,0.02,0.05",

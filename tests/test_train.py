@@ -628,14 +628,15 @@ def test_calibration_data_holds_whole_training_images_up_to_the_pixel_budget(mon
     notes = []
     monkeypatch.setattr(loop, "CALIBRATION_PIXELS", 200 * 200 + 100 * 100)
     (images, labels), desc = loop._calibration_data(val, raw, "the crop", notes)
-    assert [i.shape for i in images] == [(200, 200), (100, 100)]  # the split's image first
-    assert [lab.shape for lab in labels] == [(200, 200), (100, 100)]
-    assert desc == ("2 whole training image(s) (1 left out: over 50000 px), the crop among "
-                    "them")
+    # the split's image first, the split itself last
+    assert [i.shape for i in images] == [(200, 200), (100, 100), (40, 200)]
+    assert [lab.shape for lab in labels] == [(200, 200), (100, 100), (40, 200)]
+    assert desc == ("2 whole training image(s) (1 left out: over 50000 px), and the crop on "
+                    "its own")
     assert notes[-1].startswith(f"calibrating on {desc}")
     monkeypatch.setattr(loop, "CALIBRATION_PIXELS", 100 * 100)  # the split's image is too big
     (images, _), desc = loop._calibration_data(val, raw, "the crop", [])
-    assert [i.shape for i in images] == [(40, 200), (100, 100)]
-    assert desc.endswith(", and the crop")
+    assert [i.shape for i in images] == [(100, 100), (40, 200)]
+    assert desc.endswith(", and the crop on its own")
     monkeypatch.setattr(loop, "CALIBRATION_PIXELS", 10)
     assert loop._calibration_data(val, raw, "the crop", []) == (val, "the crop")

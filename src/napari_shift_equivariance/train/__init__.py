@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from .calibrate import (
     CALIBRATION_KEYS,
+    WIDE_TOLERANCE,
     Calibration,
     ap50,
     calibrate,
@@ -57,5 +58,5 @@ __all__ = [
     "check_pair", "clear_calibration", "default_grid", "default_window", "evaluate",
     "has_instance", "load_checkpoint", "margin_bandwidth", "prepare_data", "preset",
     "resolve_window", "save_checkpoint", "seam_rule_message", "split_validation",
-    "torch_state", "train",
+    "torch_state", "train", "WIDE_TOLERANCE",
 ]

@@ -4,7 +4,8 @@
 mean-shift bandwidths x foreground thresholds x spatial radii (positions in the clustering
 space, in multiples of the annotated objects' typical diameter; 0 = embeddings only), filters
 each result by a few minimum sizes (absolute, then relative to the image's median instance
-size), and keeps the combination with the best mean AP@0.5.
+size), and keeps the combination with the best mean AP@0.5, preferring the widest bandwidth
+that comes within :data:`WIDE_TOLERANCE` of it.
 :meth:`Calibration.apply` stores it in ``model.config.extra`` (``"bandwidth"``,
 ``"fg_threshold"``, ``"min_size"``, ``"relative_min_size"``, ``"spatial_radius"`` and the
 record ``"calibration"``), where ``segment`` and the widgets pick it up
@@ -41,6 +42,11 @@ RELATIVE_MIN_SIZES = (0.0, 0.1, 0.2, 0.3)
 #: spatial radii tried besides 0, as multiples of the median annotated object diameter
 SPATIAL_FACTORS = (0.5, 0.75, 1.0, 1.5)
 DEFAULT_FG = 0.5
+#: settings within this much AP@0.5 of the best count as tied, and the widest bandwidth
+#: among them wins: a model clusters the images it was trained on (and their crops) more
+#: tightly than new ones, so their best bandwidth errs small (docs/training.md, "The
+#: widest bandwidth within 0.02")
+WIDE_TOLERANCE = 0.02
 SEARCHES = ("coordinate", "full")
 
 
@@ -119,6 +125,7 @@ class Calibration:
     spatial_radius: float = 0.0
     relative_min_size: float = 0.0
     heldout_ap: float | None = None
+    tolerance: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -200,13 +207,22 @@ def ap50(gt: np.ndarray, pred: np.ndarray, ignore_index: int | None = None) -> f
     return float(match(gt.astype(np.int64), pred.astype(np.int64), 0.5)["ap"])
 
 
-def _pick(scores: list[dict], b0: float, ms0: int) -> dict:
+def _pick(scores: list[dict], b0: float, ms0: int, tolerance: float = 0.0) -> dict:
     """The best mean AP; ties go to the smallest spatial radius (0 first), the threshold
     nearest 0.5, then the middle of the tied bandwidths (the widest plateau is the safest),
-    then the default minimum size, then the smallest relative minimum size."""
+    then the default minimum size, then the smallest relative minimum size.
+
+    ``tolerance`` > 0: at that spatial radius, the widest bandwidth whose best point lies
+    within ``tolerance`` of the best AP, then that bandwidth's best point (same ties)."""
     best = max(s["ap"] for s in scores)
     tied = [s for s in scores if s["ap"] >= best - 1e-9]
     r = min(s.get("spatial_radius", 0.0) for s in tied)
+    if tolerance > 0:
+        pool = [s for s in scores if s.get("spatial_radius", 0.0) == r]
+        bw = max(s["bandwidth"] for s in pool if s["ap"] >= best - tolerance - 1e-9)
+        pool = [s for s in pool if s["bandwidth"] == bw]
+        top = max(s["ap"] for s in pool)
+        tied = [s for s in pool if s["ap"] >= top - 1e-9]
     tied = [s for s in tied if s.get("spatial_radius", 0.0) == r]
     fg = min({s["fg_threshold"] for s in tied}, key=lambda t: (abs(t - 0.5), t))
     tied = [s for s in tied if s["fg_threshold"] == fg]
@@ -233,6 +249,7 @@ def calibrate(
     device: str = "auto",
     data: str = "",
     search: str = "coordinate",
+    tolerance: float = WIDE_TOLERANCE,
     time_limit: float | None = None,
     predictions: Sequence[np.ndarray] | None = None,
     progress: Callable[[int, int], None] | None = None,
@@ -258,6 +275,9 @@ def calibrate(
         + T - 1`` clusterings at most); ``"full"``: every bandwidth x threshold x radius
         (``B * T * R``). Bandwidths are tried from the margin bandwidth outwards, larger
         ones first.
+    tolerance
+        Mean AP@0.5 within this much of the best counts as tied, and the widest bandwidth
+        among the tied settings wins (:data:`WIDE_TOLERANCE`; 0: the best alone).
     time_limit
         Seconds for the whole call: the search stops when they are spent (after at least
         the first clustering) and keeps the best found (``complete`` is then False).
@@ -306,6 +326,8 @@ def calibrate(
 
     bws, fgs, mss = grid["bandwidth"], grid["fg_threshold"], grid["min_size"]
     radii, rels = grid["spatial_radius"], grid["relative_min_size"]
+    if not (math.isfinite(tolerance) and 0 <= tolerance < 1):
+        raise NSEError(f"the calibration tolerance lies in [0, 1), got {tolerance}")
     if search not in SEARCHES:
         raise NSEError(f"search must be one of {', '.join(SEARCHES)}, got {search!r}")
     n_points = len(bws) * len(fgs) * len(radii) if search == "full" else (
@@ -389,7 +411,7 @@ def calibrate(
     step(total)
     scores = [{"bandwidth": b, "fg_threshold": t, "spatial_radius": r, "min_size": m,
                "relative_min_size": f, "ap": ap} for (b, t, r, m, f), ap in table.items()]
-    best = _pick(scores, b0, ms0)
+    best = _pick(scores, b0, ms0, tolerance)
     default = _nearest(scores, b0, DEFAULT_FG, ms0)
     return Calibration(
         bandwidth=float(best["bandwidth"]), fg_threshold=float(best["fg_threshold"]),
@@ -398,7 +420,7 @@ def calibrate(
         relative_min_size=float(best["relative_min_size"]),
         default_ap=float(default["ap"]), grid=grid, scores=scores, data=data,
         n_images=len(images), n_instances=int(n_inst), seconds=time.perf_counter() - t0,
-        search=search, complete=complete)
+        search=search, complete=complete, tolerance=float(tolerance))
 
 
 def _nearest(scores: list[dict], b: float, t: float, m: int) -> dict:
