@@ -316,6 +316,7 @@ def test_two_dask_workers_and_a_worker_killed_mid_run(tmp_path, case2d):
                                        dashboard_address=None)
     client = distributed.Client(cluster)
     try:
+        client.wait_for_workers(2, timeout=120)  # on a loaded machine they join late
         res = segment_blockwise(model, image, tmp_path / "a.zarr", block=16, tile=8,
                                 client=client, threads_per_worker=1, **kw)
         assert res.info["workers"] == 2
