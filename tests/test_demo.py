@@ -48,6 +48,9 @@ def test_run_demo_tiny_model(tmp_path):
     on_disk = json.loads((out / "summary.json").read_text())
     assert on_disk["equivalence"] == eq and "total" in on_disk["times"]
     text = "\n".join(lines)
+    n, c = summary["naive"], summary["correct"]
+    assert (f"naive stitching cut {n['seam_splits']} ground-truth objects at its tile seams, "
+            f"correct stitching {c['seam_splits']}") in text
     assert "grid f^l = (8, 8)" in text and "capacity" in text and "equal (Cor. 4)" in text
     # correct tiles reproduce every object of the whole-image segmentation exactly
     assert eq["correct_objects_identical_to_whole"] == eq["whole_objects"] > 0
