@@ -99,6 +99,28 @@ def test_calibration_with_a_tolerance_prefers_wider_bandwidths(scene):
                 if s["bandwidth"] > wide.bandwidth and s["ap"] >= best - 0.1]
 
 
+
+def test_validation_during_training_reports_the_best_of_its_three_bandwidths(scene, monkeypatch):
+    import torch
+
+    from napari_shift_equivariance.train import loop
+
+    gt, pred = scene
+    seen = []
+
+    def on_the_scene(*args, **kwargs):  # the Validator's own arguments, the scene's output
+        seen.append(kwargs)
+        return calibrate(*args, predictions=[pred], **kwargs)
+
+    monkeypatch.setattr(loop, "calibrate", on_the_scene)
+    validator = loop.Validator([gt], [gt], None, torch.device("cpu"))
+    cal = validator(tiny_model())
+    assert sorted({s["bandwidth"] for s in cal.scores}) == pytest.approx([1 / 1.4, 1.0, 1.4])
+    assert cal.ap == max(s["ap"] for s in cal.scores) > 0 and cal.tolerance == 0.0
+    assert validator.bandwidth == cal.bandwidth
+    validator(tiny_model())  # the next validation centres on the best bandwidth
+    assert seen[1]["bandwidths"][1] == cal.bandwidth
+
 def test_calibrated_model_segments_with_its_calibration_never_the_over_splitting_default(
         scene, tmp_path):
     gt, pred = scene
