@@ -65,13 +65,19 @@ TIME_LIMITS = {"trained": 600.0, "finetuned": 300.0}
 GOALS = {"trained": 0.85, "finetuned": 0.85, "default": {"real": 0.80, "generated": 0.85}}
 
 
-def real_data(folder: Path) -> tuple[tuple, tuple]:
+def real_rows(folder: Path, *rows: slice) -> list[tuple[np.ndarray, np.ndarray]]:
+    """``(image, labels)`` of each row range of the real nuclei in ``folder`` (the one reader
+    of that image for the benchmarks and scripts)."""
     from napari_shift_equivariance.io import read_image
 
     image = np.asarray(read_image(folder / "image.tif", lazy=False))
     labels = np.asarray(read_image(folder / "labels.tif", lazy=False)).astype(np.int64)
-    return ((image[REAL_TRAIN], labels[REAL_TRAIN]),
-            ([image[REAL_HELDOUT]], [labels[REAL_HELDOUT]]))
+    return [(image[r], labels[r]) for r in rows]
+
+
+def real_data(folder: Path) -> tuple[tuple, tuple]:
+    train, (image, labels) = real_rows(folder, REAL_TRAIN, REAL_HELDOUT)
+    return train, ([image], [labels])
 
 
 def generated_data(style: str, n_heldout: int, shape=(256, 256)) -> tuple[tuple, tuple]:

@@ -12,13 +12,16 @@ on two tuning images (seeds 900-901, apart from the quality benchmark's 200+ and
 image). Each criterion's choice is scored on the tuning images: ``whole`` (what
 ``calibrate_on="all"`` scores), ``crop`` (``calibrate_on="validation"``), ``mean`` of both and
 ``crop2`` = (whole + 2 x crop) / 3; and each of ``whole``, ``crop``, ``mean`` with the rule
-``+wide``: among the grid points within :data:`TOLERANCE` of that criterion's best, the widest
-bandwidth (a model clusters the images it was trained on more tightly than new ones, so their
-best bandwidth is a lower bound). ``--seed`` sets ``TrainConfig.seed`` (several models per
-style); ``--save`` writes every grid point's AP on the three data sets, to score other
-criteria without training again. ``real``: the real nuclei of ``/work/shared/data``, trained
-on rows 0-189 and tuned on rows 210-282 (inside bench_quality's training rows). The figures
-of docs/training.md ("Calibrating on the whole training images") came from this script.
+``+wide``: ``calibrate``'s tolerance rule at :data:`TOLERANCE`: the widest bandwidth within it
+of that criterion's best, or the middle of those within it when even the grid's widest is (a
+model clusters the images it was trained on more tightly than new ones, so their best
+bandwidth is a lower bound). Every choice is ``calibrate``'s own (``train.calibrate._pick``).
+``--seed`` sets ``TrainConfig.seed`` (several models per style); ``--save`` writes every grid
+point's AP on the three data sets, to score other criteria without training again.
+``real``: the real nuclei of ``/work/shared/data``, trained on rows 0-189 and tuned on rows
+210-282 (inside bench_quality's training rows). The figures of docs/training.md
+("Calibrating on the whole training images", "The widest bandwidth within 0.02") came from
+this script.
 """
 
 from __future__ import annotations
@@ -26,19 +29,22 @@ from __future__ import annotations
 import argparse
 import json
 import re
+import sys
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from napari_shift_equivariance.data import NUCLEI_STYLES, nuclei
-from napari_shift_equivariance.train import TrainConfig, calibrate, train
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_quality import REAL, real_rows  # noqa: E402
+
+from napari_shift_equivariance.data import NUCLEI_STYLES, nuclei  # noqa: E402
+from napari_shift_equivariance.train import TrainConfig, calibrate, train  # noqa: E402
+from napari_shift_equivariance.train.calibrate import _pick  # noqa: E402
 
 GRID = dict(fg_thresholds=[0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9], min_sizes=[10],
             relative_min_sizes=[0.0, 0.1, 0.2, 0.3], spatial_radii=[0.0], search="full")
 TUNING_SEEDS = (900, 901)
-REAL = Path("/work/shared/data/nuclei-2d-real")
 REAL_TRAIN, REAL_TUNE = slice(0, 190), slice(210, 283)
 #: ``+wide`` criteria: grid points this close to the best AP count as tied
 TOLERANCE = 0.02
@@ -51,27 +57,19 @@ def _key(score: dict) -> tuple[float, float, float]:
 
 def choose(points: list, f, wide: bool, tolerance: float = TOLERANCE
            ) -> tuple[float, float, float]:
-    """The grid point ``f`` scores best; ties: the threshold nearest 0.5, then the smallest
-    relative size, then the first grid point (calibrate itself takes the middle of tied
-    bandwidths). ``wide``: the widest bandwidth among the points within ``tolerance``
-    of the best, then the best of that bandwidth's points."""
-    def rank(q):
-        return round(f(q), 6), -abs(q[1] - 0.5), -q[2]
-    if wide:
-        best = max(f(q) for q in points)
-        bw = max(q[0] for q in points if f(q) >= best - tolerance)
-        points = [q for q in points if q[0] == bw]
-    return max(points, key=rank)
-
+    """The grid point ``calibrate`` takes when ``f`` scores the points (its rule,
+    ``train.calibrate._pick``, ties included); ``wide``: with ``tolerance``, else the best
+    alone."""
+    scores = [{"bandwidth": q[0], "fg_threshold": q[1], "relative_min_size": q[2],
+               "min_size": GRID["min_sizes"][0], "spatial_radius": 0.0, "ap": f(q)}
+              for q in points]
+    return _key(_pick(scores, 1.0, GRID["min_sizes"][0], tolerance if wide else 0.0))
 
 def real_split() -> tuple[tuple, list]:
     """Real nuclei: train on rows 0-189, tune on rows 210-282; both inside bench_quality's
     training rows (0-282), so its held-out rows (307-511) stay unseen."""
-    from napari_shift_equivariance.io import read_image
-
-    image = np.asarray(read_image(REAL / "image.tif", lazy=False))
-    labels = np.asarray(read_image(REAL / "labels.tif", lazy=False)).astype(np.int64)
-    return (image[REAL_TRAIN], labels[REAL_TRAIN]), [(image[REAL_TUNE], labels[REAL_TUNE])]
+    train_rows, tune_rows = real_rows(REAL, REAL_TRAIN, REAL_TUNE)
+    return train_rows, [tune_rows]
 
 
 def run(style: str, time_limit: float, seed: int = 0) -> tuple[dict, dict]:
@@ -123,7 +121,8 @@ def rescore(files: list[Path], tolerances: list[float]) -> None:
         print(f"tolerance {tol:g}: mean tuning AP@0.5 over {len(runs)} models")
         for name in CRITERIA:
             aps = [s[name]["tune_ap"] for _, s in scored]
-            each = " ".join(f"{a:.3f}" for a in aps)
+            each = " ".join(f"{s[name]['tune_ap']:.3f} (bw {s[name]['bandwidth']:g})"
+                            for _, s in scored)
             print(f"  {name:10s} {sum(aps) / len(aps):.3f}  ({each})")
 
 

@@ -25,15 +25,21 @@ import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 
-from napari_shift_equivariance.baseline import watershed_baseline
-from napari_shift_equivariance.data import NUCLEI_STYLES, nuclei
-from napari_shift_equivariance.metrics import evaluate, pool
-from napari_shift_equivariance.model import default_model_path, load_model, save_model
-from napari_shift_equivariance.segment import segment
-from napari_shift_equivariance.train import PRESETS, TrainConfig, calibrate, train
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+from bench_quality import REAL, REAL_HELDOUT, real_rows  # noqa: E402
+
+from napari_shift_equivariance.baseline import watershed_baseline  # noqa: E402
+from napari_shift_equivariance.data import NUCLEI_STYLES, nuclei  # noqa: E402
+from napari_shift_equivariance.metrics import evaluate, pool  # noqa: E402
+from napari_shift_equivariance.model import (  # noqa: E402
+    default_model_path,
+    load_model,
+    save_model,
+)
+from napari_shift_equivariance.segment import segment  # noqa: E402
+from napari_shift_equivariance.train import PRESETS, TrainConfig, calibrate, train  # noqa: E402
 
 #: What the shipped models change in their preset (applied on top of ``PRESETS[name]``).
 RECIPES = {
@@ -45,8 +51,6 @@ RECIPES = {
                              "window": (20, 40, 40)}},
 }
 VALIDATION_SEED = 5000
-REAL = Path("/work/shared/data/nuclei-2d-real")
-REAL_HELDOUT = slice(307, 512)  # as benchmarks/bench_quality.py
 
 
 def data(name: str, seeds: range, aniso: bool = False):
@@ -74,11 +78,8 @@ def heldout(ndim: int) -> dict[str, tuple[list, list]]:
                      nuclei((24, 96, 96), seed=201, style=style, anisotropy=2.5)]
         sets[style] = ([p[0] for p in pairs], [p[1] for p in pairs])
     if ndim == 2 and REAL.exists():
-        from napari_shift_equivariance.io import read_image
-
-        im = np.asarray(read_image(REAL / "image.tif", lazy=False))[REAL_HELDOUT]
-        lb = np.asarray(read_image(REAL / "labels.tif", lazy=False))[REAL_HELDOUT]
-        sets["real"] = ([im], [lb.astype(np.int64)])
+        (im, lb), = real_rows(REAL, REAL_HELDOUT)
+        sets["real"] = ([im], [lb])
     return sets
 
 

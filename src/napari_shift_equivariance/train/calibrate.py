@@ -213,13 +213,18 @@ def _pick(scores: list[dict], b0: float, ms0: int, tolerance: float = 0.0) -> di
     then the default minimum size, then the smallest relative minimum size.
 
     ``tolerance`` > 0: at that spatial radius, the widest bandwidth whose best point lies
-    within ``tolerance`` of the best AP, then that bandwidth's best point (same ties)."""
+    within ``tolerance`` of the best AP, then that bandwidth's best point (same ties). If
+    even the grid's widest bandwidth lies within it, the data never shows where merging
+    starts (its touching objects are few or already apart in the foreground): then the
+    middle of the bandwidths within the tolerance, as for exact ties."""
     best = max(s["ap"] for s in scores)
     tied = [s for s in scores if s["ap"] >= best - 1e-9]
     r = min(s.get("spatial_radius", 0.0) for s in tied)
     if tolerance > 0:
         pool = [s for s in scores if s.get("spatial_radius", 0.0) == r]
-        bw = max(s["bandwidth"] for s in pool if s["ap"] >= best - tolerance - 1e-9)
+        near = sorted({s["bandwidth"] for s in pool if s["ap"] >= best - tolerance - 1e-9})
+        flat = near[-1] >= max(s["bandwidth"] for s in pool)
+        bw = near[(len(near) - 1) // 2] if flat else near[-1]
         pool = [s for s in pool if s["bandwidth"] == bw]
         top = max(s["ap"] for s in pool)
         tied = [s for s in pool if s["ap"] >= top - 1e-9]
