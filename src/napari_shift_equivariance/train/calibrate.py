@@ -5,7 +5,8 @@ mean-shift bandwidths x foreground thresholds x spatial radii (positions in the 
 space, in multiples of the annotated objects' typical diameter; 0 = embeddings only), filters
 each result by a few minimum sizes (absolute, then relative to the image's median instance
 size), and keeps the combination with the best mean AP@0.5, preferring the widest bandwidth
-that comes within :data:`WIDE_TOLERANCE` of it.
+that comes within :data:`WIDE_TOLERANCE` of it (the middle of those when even the grid's
+widest does).
 :meth:`Calibration.apply` stores it in ``model.config.extra`` (``"bandwidth"``,
 ``"fg_threshold"``, ``"min_size"``, ``"relative_min_size"``, ``"spatial_radius"`` and the
 record ``"calibration"``), where ``segment`` and the widgets pick it up
@@ -43,9 +44,9 @@ RELATIVE_MIN_SIZES = (0.0, 0.1, 0.2, 0.3)
 SPATIAL_FACTORS = (0.5, 0.75, 1.0, 1.5)
 DEFAULT_FG = 0.5
 #: settings within this much AP@0.5 of the best count as tied, and the widest bandwidth
-#: among them wins: a model clusters the images it was trained on (and their crops) more
-#: tightly than new ones, so their best bandwidth errs small (docs/training.md, "The
-#: widest bandwidth within 0.02")
+#: among them wins (their middle one when they reach the grid's end): a model clusters the
+#: images it was trained on (and their crops) more tightly than new ones, so their best
+#: bandwidth errs small (docs/training.md, "The widest bandwidth within 0.02")
 WIDE_TOLERANCE = 0.02
 SEARCHES = ("coordinate", "full")
 
@@ -282,7 +283,8 @@ def calibrate(
         ones first.
     tolerance
         Mean AP@0.5 within this much of the best counts as tied, and the widest bandwidth
-        among the tied settings wins (:data:`WIDE_TOLERANCE`; 0: the best alone).
+        among the tied settings wins, or their middle one when the grid's widest is among
+        them (:data:`WIDE_TOLERANCE`; 0: the best alone).
     time_limit
         Seconds for the whole call: the search stops when they are spent (after at least
         the first clustering) and keeps the best found (``complete`` is then False).
