@@ -65,6 +65,7 @@ def choose(points: list, f, wide: bool, tolerance: float = TOLERANCE
               for q in points]
     return _key(_pick(scores, 1.0, GRID["min_sizes"][0], tolerance if wide else 0.0))
 
+
 def real_split() -> tuple[tuple, list]:
     """Real nuclei: train on rows 0-189, tune on rows 210-282; both inside bench_quality's
     training rows (0-282), so its held-out rows (307-511) stay unseen."""

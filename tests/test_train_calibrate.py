@@ -73,11 +73,13 @@ def test_calibration_finds_the_settings_and_beats_the_defaults(scene):
     assert full.grid["spatial_radius"][0] == 0.0 and len(full.grid["spatial_radius"]) > 1
 
 
-def test_the_widest_bandwidth_within_the_tolerance_wins():
-    def point(b, ap, fg=0.5, r=0.0):
-        return {"bandwidth": b, "fg_threshold": fg, "min_size": 10, "relative_min_size": 0.0,
-                "spatial_radius": r, "ap": ap}
+def point(b, ap, fg=0.5, r=0.0):
+    """One calibration grid point's score."""
+    return {"bandwidth": b, "fg_threshold": fg, "min_size": 10, "relative_min_size": 0.0,
+            "spatial_radius": r, "ap": ap}
 
+
+def test_the_widest_bandwidth_within_the_tolerance_wins():
     scores = [point(1.0, 0.90), point(1.4, 0.80), point(1.4, 0.89, fg=0.6), point(2.0, 0.87),
               point(2.8, 0.70), point(4.0, 0.95, r=3.0)]
     assert _pick(scores[:5], 1.0, 10) == scores[0]  # no tolerance: the best alone
@@ -89,10 +91,8 @@ def test_the_widest_bandwidth_within_the_tolerance_wins():
 def test_a_flat_curve_up_to_the_widest_bandwidth_takes_the_middle_not_the_widest():
     # within 0.25 every bandwidth up to the grid's widest (2.8): the data never shows where
     # merging starts, so the middle of 1.0, 1.4, 2.0, 2.8 (the lower one of two: 1.4)
-    scores = [{"bandwidth": b, "fg_threshold": fg, "min_size": 10, "relative_min_size": 0.0,
-               "spatial_radius": 0.0, "ap": ap}
-              for b, fg, ap in ((1.0, 0.5, 0.90), (1.4, 0.5, 0.80), (1.4, 0.6, 0.89),
-                                (2.0, 0.5, 0.87), (2.8, 0.5, 0.70))]
+    scores = [point(1.0, 0.90), point(1.4, 0.80), point(1.4, 0.89, fg=0.6), point(2.0, 0.87),
+              point(2.8, 0.70)]
     assert _pick(scores, 1.0, 10, 0.25) == scores[2]
     assert _pick(scores[:4], 1.0, 10, 0.05) == scores[2]  # flat up to 2.0 there
 
