@@ -63,7 +63,7 @@ def choose(points: list, f, wide: bool, tolerance: float = TOLERANCE
     scores = [{"bandwidth": q[0], "fg_threshold": q[1], "relative_min_size": q[2],
                "min_size": GRID["min_sizes"][0], "spatial_radius": 0.0, "ap": f(q)}
               for q in points]
-    return _key(_pick(scores, 1.0, GRID["min_sizes"][0], tolerance if wide else 0.0))
+    return _key(_pick(scores, GRID["min_sizes"][0], tolerance if wide else 0.0))
 
 
 def real_split() -> tuple[tuple, list]:

@@ -4,6 +4,7 @@ bandwidth."""
 
 import numpy as np
 import pytest
+import torch
 
 from napari_shift_equivariance.data import nuclei
 from napari_shift_equivariance.errors import NSEError
@@ -17,6 +18,7 @@ from napari_shift_equivariance.train import (
     TrainConfig,
     ap50,
     calibrate,
+    loop,
     margin_bandwidth,
     train,
 )
@@ -82,10 +84,10 @@ def point(b, ap, fg=0.5, r=0.0):
 def test_the_widest_bandwidth_within_the_tolerance_wins():
     scores = [point(1.0, 0.90), point(1.4, 0.80), point(1.4, 0.89, fg=0.6), point(2.0, 0.87),
               point(2.8, 0.70), point(4.0, 0.95, r=3.0)]
-    assert _pick(scores[:5], 1.0, 10) == scores[0]  # no tolerance: the best alone
-    assert _pick(scores[:5], 1.0, 10, 0.02) == scores[2]  # 1.4's best point, 0.01 below
-    assert _pick(scores[:5], 1.0, 10, 0.05) == scores[3]  # 2.8 falls 0.2 below
-    assert _pick(scores, 1.0, 10, 0.05) == scores[5]  # at the best point's spatial radius
+    assert _pick(scores[:5], 10) == scores[0]  # no tolerance: the best alone
+    assert _pick(scores[:5], 10, 0.02) == scores[2]  # 1.4's best point, 0.01 below
+    assert _pick(scores[:5], 10, 0.05) == scores[3]  # 2.8 falls 0.2 below
+    assert _pick(scores, 10, 0.05) == scores[5]  # at the best point's spatial radius
 
 
 def test_a_flat_curve_up_to_the_widest_bandwidth_takes_the_middle_not_the_widest():
@@ -93,8 +95,8 @@ def test_a_flat_curve_up_to_the_widest_bandwidth_takes_the_middle_not_the_widest
     # merging starts, so the middle of 1.0, 1.4, 2.0, 2.8 (the lower one of two: 1.4)
     scores = [point(1.0, 0.90), point(1.4, 0.80), point(1.4, 0.89, fg=0.6), point(2.0, 0.87),
               point(2.8, 0.70)]
-    assert _pick(scores, 1.0, 10, 0.25) == scores[2]
-    assert _pick(scores[:4], 1.0, 10, 0.05) == scores[2]  # flat up to 2.0 there
+    assert _pick(scores, 10, 0.25) == scores[2]
+    assert _pick(scores[:4], 10, 0.05) == scores[2]  # flat up to 2.0 there
 
 
 def test_calibration_with_a_tolerance_on_a_curve_flat_to_the_widest_takes_the_middle(scene):
@@ -113,11 +115,8 @@ def test_calibration_with_a_tolerance_on_a_curve_flat_to_the_widest_takes_the_mi
     assert wide.bandwidth == near[(len(near) - 1) // 2] != near[-1]
     assert wide.ap >= best - 0.1
 
+
 def test_validation_during_training_reports_the_best_of_its_three_bandwidths(scene, monkeypatch):
-    import torch
-
-    from napari_shift_equivariance.train import loop
-
     gt, pred = scene
     seen = []
 
@@ -133,6 +132,7 @@ def test_validation_during_training_reports_the_best_of_its_three_bandwidths(sce
     assert validator.bandwidth == cal.bandwidth
     validator(tiny_model())  # the next validation centres on the best bandwidth
     assert seen[1]["bandwidths"][1] == cal.bandwidth
+
 
 def test_calibrated_model_segments_with_its_calibration_never_the_over_splitting_default(
         scene, tmp_path):

@@ -208,7 +208,7 @@ def ap50(gt: np.ndarray, pred: np.ndarray, ignore_index: int | None = None) -> f
     return float(match(gt.astype(np.int64), pred.astype(np.int64), 0.5)["ap"])
 
 
-def _pick(scores: list[dict], b0: float, ms0: int, tolerance: float = 0.0) -> dict:
+def _pick(scores: list[dict], ms0: int, tolerance: float = 0.0) -> dict:
     """The best mean AP; ties go to the smallest spatial radius (0 first), the threshold
     nearest 0.5, then the middle of the tied bandwidths (the widest plateau is the safest),
     then the default minimum size, then the smallest relative minimum size.
@@ -418,7 +418,7 @@ def calibrate(
     step(total)
     scores = [{"bandwidth": b, "fg_threshold": t, "spatial_radius": r, "min_size": m,
                "relative_min_size": f, "ap": ap} for (b, t, r, m, f), ap in table.items()]
-    best = _pick(scores, b0, ms0, tolerance)
+    best = _pick(scores, ms0, tolerance)
     default = _nearest(scores, b0, DEFAULT_FG, ms0)
     return Calibration(
         bandwidth=float(best["bandwidth"]), fg_threshold=float(best["fg_threshold"]),
