@@ -129,7 +129,9 @@ def train_model(train_pair, method: str, limit: float, overrides: dict | None = 
                           "seed": config.seed,
                           "calibration": {k: result.model.config.extra.get(k)
                                           for k in CALIBRATION_KEYS},
-                          "calibration_curve": calibration_curve(result.calibration)}
+                          "calibration_curve": calibration_curve(result.calibration),
+                          "heldout_ap": getattr(result.calibration, "heldout_ap", None),
+                          "refit": config.refit_share}
 
 
 def calibration_curve(cal) -> dict[str, float]:

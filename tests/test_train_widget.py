@@ -6,8 +6,10 @@ from __future__ import annotations
 import pytest
 
 from napari_shift_equivariance._widgets import TrainWidget
+from napari_shift_equivariance._widgets.train_widget import validation_line
 from napari_shift_equivariance.data import nuclei
 from napari_shift_equivariance.options import ClusterOptions
+from napari_shift_equivariance.train.refit import HISTORY_KEY as REFIT_KEY
 
 pytestmark = [pytest.mark.napari, pytest.mark.usefixtures("clean_registry")]
 
@@ -32,6 +34,15 @@ def test_dock_shows_validation_ap_and_the_calibration(make_napari_viewer, qtbot)
     qtbot.waitUntil(lambda: not job.running, timeout=90_000)
     assert t.status.value.startswith("done, 8 iterations"), t.status.value
     assert any("val_ap" in e for e in t.history)  # validated while training
+    # the default refit: the crop's AP is shown, then the crop joins training (iteration 7)
+    switch = [e for e in t.history if REFIT_KEY in e]
+    assert [e["iteration"] for e in switch] == [7]
+    assert validation_line(switch[0]) == (f"held-out AP@0.5: {switch[0][REFIT_KEY]:.3f}, then "
+                                          "the crop joined training (iteration 7)")
+    assert validation_line({"iteration": 3, "val_ap": 0.5}) == (
+        "validation AP@0.5: 0.500 (iteration 3)")
+    assert validation_line({"iteration": 4}) is None
+    assert "before it joined training" in t.val_info.value
     cal = t.model.config.extra["calibration"]
     assert t.val_info.value.startswith(f"calibrated: AP@0.5 {cal['ap']:.3f} on the "
                                        "calibration data")

@@ -28,6 +28,7 @@ from magicgui.widgets import (
 from ..errors import NSEError
 from ..geometry import MAX_DEPTH, MAX_FACTOR, UNetGeometry
 from ..model import UNet, available_devices, save_model
+from ..train.refit import HISTORY_KEY as REFIT_KEY
 from ._common import (
     WrapLabel,
     activity_progress,
@@ -129,6 +130,16 @@ def window_problem(window: int, geo: UNetGeometry) -> str:
                    "neighbours across the f^l grid are never trained together")
                 + f" → seams; use > {grid} (Rumberger et al. §3.2)")
     return ""
+
+
+def validation_line(entry: dict) -> str | None:
+    """The dock's validation line after one training iteration (None: unchanged)."""
+    if REFIT_KEY in entry:
+        return (f"held-out AP@0.5: {entry[REFIT_KEY]:.3f}, then the crop joined training "
+                f"(iteration {entry['iteration']})")
+    if "val_ap" in entry:
+        return f"validation AP@0.5: {entry['val_ap']:.3f} (iteration {entry['iteration']})"
+    return None
 
 
 class _Pair(Container):
@@ -381,9 +392,9 @@ class TrainWidget(SettingsOwner, Container):
                 self.history.append(e)
                 self.plot.add(int(e.get("iteration", len(self.history))),
                               float(e.get("loss", math.nan)))
-                if "val_ap" in e:
-                    self.val_info.value = (f"validation AP@0.5: {e['val_ap']:.3f} (iteration "
-                                           f"{e['iteration']})")
+                line = validation_line(e)
+                if line is not None:
+                    self.val_info.value = line
             if steps:
                 last = steps[-1]
                 it = int(last.get("iteration", len(self.history)))

@@ -19,7 +19,7 @@ CONFIG_FLAGS = (
     "ndim", "depth", "factor", "base_channels", "embedding_dim", "upsampling", "window",
     "iterations", "lr", "batch_size", "seed", "device", "delta_v", "delta_d", "background",
     "ignore_index", "fg_loss", "val_every", "checkpoint_every", "time_limit", "coord_scale",
-    "calibrate_on",
+    "calibrate_on", "refit",
 )
 
 
@@ -98,6 +98,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="all (default): calibrate on the whole training images, the held-out "
                    "crop among them (a crop of a few objects picks noisy settings); "
                    "validation: on the held-out crop alone")
+    t.add_argument("--refit", type=float, metavar="SHARE",
+                   help="the last SHARE of the run also trains on the held-out crop, whose AP "
+                   "is measured just before (0: it stays held out)")
     t.add_argument("--checkpoint-every", type=int, help="write a checkpoint every N iterations")
     t.add_argument("--checkpoint-dir", help="checkpoint folder (default: OUT.checkpoints)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing --out")

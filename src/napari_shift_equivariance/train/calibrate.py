@@ -105,7 +105,9 @@ class Calibration:
     ``ap`` is the mean AP@0.5 at the chosen settings, ``default_ap`` at the uncalibrated
     defaults (margin bandwidth, threshold 0.5, default minimum size, no positions);
     ``heldout_ap`` (set by ``train`` when it calibrated on the training images too) the
-    AP@0.5 of the held-out split alone at the chosen settings;
+    AP@0.5 of the held-out split alone at the chosen settings (with ``heldout_iteration``,
+    at the settings of a calibration made after that many iterations, before the split joined
+    training: ``TrainConfig.refit``);
     ``scores`` holds every grid point as ``{"bandwidth", "fg_threshold", "min_size",
     "relative_min_size", "spatial_radius", "ap"}``; ``data`` says which images were used.
     """
@@ -127,6 +129,7 @@ class Calibration:
     relative_min_size: float = 0.0
     heldout_ap: float | None = None
     tolerance: float = 0.0
+    heldout_iteration: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -141,6 +144,8 @@ class Calibration:
         """The AP figures in words, for messages."""
         held = ("" if self.heldout_ap is None else
                 f", {self.heldout_ap:.3f} on the held-out crop alone")
+        if self.heldout_ap is not None and self.heldout_iteration is not None:
+            held += f" (after {self.heldout_iteration} iterations, before it joined training)"
         return (f"AP@0.5 {self.ap:.3f} on the calibration data{held} (uncalibrated "
                 f"{self.default_ap:.3f})")
 

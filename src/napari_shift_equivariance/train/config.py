@@ -27,6 +27,9 @@ UNLIMITED_ITERATIONS = 10**9
 DEFAULT_ITERATIONS = 2000
 #: what the final calibration scores (``TrainConfig.calibrate_on``)
 CALIBRATE_ON = ("all", "validation")
+#: ``TrainConfig.refit`` by default: the held-out crop joins training for the last quarter
+#: of the run (docs/training.md, "Refit")
+DEFAULT_REFIT = 0.25
 #: ``calibrate_on="all"``: training images are added to the calibration data while it holds
 #: at most this many pixels (the held-out split always counts)
 CALIBRATION_PIXELS = 2**20
@@ -58,6 +61,11 @@ class TrainConfig:
     split of a few objects picks noisy settings; images beyond
     :data:`CALIBRATION_PIXELS` are left out), ``"validation"`` on the held-out split alone.
     Validation images given to :func:`train` are always what it calibrates on.
+
+    ``refit``: with the automatic split, the last ``refit`` share of the run (by iterations
+    or the clock) also trains on the held-out crop; its AP (``heldout_ap``) is measured just
+    before, and validation stops then (``train.refit``). ``0``: the crop stays held out;
+    ``None``: :data:`DEFAULT_REFIT`, or 0 with ``keep_best`` or ``calibrate_on="validation"``.
     """
 
     # architecture
@@ -120,6 +128,9 @@ class TrainConfig:
     keep_best: bool = False
     calibrate: bool = True
     calibrate_on: str = "all"
+    # the last share of the run in which the automatic validation crop joins training
+    # (None: DEFAULT_REFIT, or 0 with keep_best or calibrate_on="validation")
+    refit: float | None = None
     checkpoint_every: int = 0
 
     def __post_init__(self) -> None:
@@ -159,6 +170,16 @@ class TrainConfig:
                            f"{self.calibrate_on!r}")
         if not 0 < self.val_fraction < 1:
             raise NSEError(f"val_fraction must lie between 0 and 1, got {self.val_fraction}")
+        if self.refit is not None and not (
+                isinstance(self.refit, (int, float)) and 0 <= self.refit < 1):
+            raise NSEError(f"refit must be a share of the run from 0 (off) to below 1, got "
+                           f"{self.refit!r}")
+        if self.refit and self.keep_best:
+            raise NSEError("refit and keep_best exclude each other: after the held-out crop "
+                           "joins training there is no held-out validation to pick weights by")
+        if self.refit and self.calibrate_on != "all":
+            raise NSEError("refit needs calibrate_on='all': the held-out crop is trained on "
+                           "at the end, so it cannot be the only calibration data")
         if self.coord_scale is not None:
             self.coord_scale = check_coord_scale(self.coord_scale)
         if self.ignore_index == 0:
@@ -167,6 +188,14 @@ class TrainConfig:
             self.factor = tuple(self.factor)
         if isinstance(self.window, list):
             self.window = tuple(self.window)
+
+    @property
+    def refit_share(self) -> float:
+        """``refit`` with ``None`` resolved (resolved here, not at construction, so that
+        ``replace(keep_best=True)`` on a default config still works)."""
+        if self.refit is not None:
+            return float(self.refit)
+        return 0.0 if self.keep_best or self.calibrate_on != "all" else DEFAULT_REFIT
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (lists, not tuples), for model files and JSON."""

@@ -30,6 +30,7 @@ from ..model import ModelConfig, UNet, build_model, load_model, resolve_device, 
 from ..options import model_coord_scale
 from .calibrate import Calibration, calibrate, clear_calibration, evaluate, object_diameter
 from .config import CALIBRATION_PIXELS, ProgressFn, TrainConfig, TrainResult
+from .refit import HISTORY_KEY, Refit
 from .sampling import CropSampler, TrainArray, prepare_data, resolve_window, split_validation
 
 CHECKPOINT_KEY = "checkpoint"
@@ -349,6 +350,7 @@ def train(
                                config.ignore_index, notes, config.boundary_gap)
     net_output, window = resolve_window(config, geometry, [a.labels.shape for a in arrays],
                                         notes)
+    unsplit = list(arrays)  # the split replaces the array it cuts the crop from
     val, val_desc = _validation_data(validation, arrays, raw, window, config, notes)
     device = resolve_device(config.device)
     started = init_model is not None or state is not None
@@ -381,7 +383,7 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
     if config.time_limit is not None:
-        _check_time_limit(config, clock, validator, n_cal, model)
+        _check_time_limit(config, clock, validator, n_cal, model, val is not None)
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -394,9 +396,11 @@ def train(
         rng.bit_generator.state = state["rng"]
         history = list(state["history"])
         start = int(state["iteration"])
-    sampler = CropSampler(arrays, geometry, net_output, window, config, rng)
+    refit = Refit(config, val, validation is not None, history)
+    sampler = CropSampler(unsplit if refit.done else arrays, geometry, net_output, window,
+                          config, rng)
     crop = (slice(None), slice(None), *(slice(0, w) for w in window))
-    val_on = val is not None and config.val_every != 0
+    val_on = val is not None and config.val_every != 0 and not refit.done
     val_iters = config.val_every or max(1, config.iterations // VALIDATIONS_PER_RUN)
     next_val_time = None
     stopped = "iterations"
@@ -415,6 +419,11 @@ def train(
                 break
             t_it = time.perf_counter()
             fraction = clock.fraction(it)
+            if refit.due(fraction):
+                refit.measure(model, cal_data, cal_desc, val, config, device, it)
+                sampler = CropSampler(unsplit, geometry, net_output, window, config, rng)
+                val_on = False  # the crop is training data from here on
+                notes.append(refit.note())
             lr = config.lr * _lr_factor(config, fraction)
             for group in optimizer.param_groups:
                 group["lr"] = lr
@@ -434,6 +443,8 @@ def train(
             entry.update({k: float(terms[k].detach()) for k in ("var", "dist", "reg", "fg")})
             entry.update({"lr": lr, "seconds": clock.elapsed(),
                           "fraction": clock.fraction(it + 1)})
+            if refit.iteration == it:
+                entry[HISTORY_KEY] = refit.heldout_ap
             if val_on and _validate_now(it + 1, config, val_iters, next_val_time) and not (
                     clock.out_of_time(validator.calibration_cost(3))):
                 cal = validator(model)
@@ -465,7 +476,11 @@ def train(
                                              progress, done, clock)
             calibration.apply(model)
             if cal_data is not val and val is not None:
-                calibration.heldout_ap = heldout_ap(model, val, config, device)
+                if refit.done:
+                    calibration.heldout_ap = refit.heldout_ap
+                    calibration.heldout_iteration = refit.iteration
+                else:
+                    calibration.heldout_ap = heldout_ap(model, val, config, device)
                 calibration.apply(model)  # the record with it
             if not calibration.complete:
                 notes.append("the calibration search was cut short by the time limit")
@@ -564,15 +579,18 @@ def _calibration_clusterings(config: ModelConfig, data) -> int:
 
 
 def _check_time_limit(config: TrainConfig, clock: Clock, validator: Validator | None,
-                      n_cal: int, model: UNet) -> None:
+                      n_cal: int, model: UNet, split: bool) -> None:
     """Refuse, before anything is trained or written, a limit that cannot hold the setup
-    already spent, one validation and the final calibration in half of it."""
+    already spent, one validation and the final calibration (twice with ``refit``) in half
+    of it."""
     if validator is None:
         return
     validator.measure(model)
     full = RESERVE_FACTOR * validator.final_cost(n_cal)
     clock.reserve = min(full, MAX_RESERVE_SHARE * config.time_limit)
     need = clock.elapsed() + full + validator.seconds_predict
+    if config.refit_share and split:
+        need += full  # the crop's AP before it joins training
     if need >= MIN_TRAINING_SHARE * config.time_limit:
         raise NSEError(
             f"time limit {config.time_limit:g} s is too short: loading the data took "
