@@ -184,6 +184,12 @@ class Clock:
         assert self.limit is not None
         return self.limit - self.reserve - (self.train_start - self.start)
 
+    def training_left(self) -> float | None:
+        """Seconds left before the reserve (``None``: no limit)."""
+        if self.limit is None:
+            return None
+        return max(self.limit - self.reserve - self.elapsed(), 0.0)
+
     def out_of_time(self, more: float = 0.0) -> bool:
         """Whether one more iteration (and ``more`` seconds) would eat into the reserve."""
         return self.limit is not None and (
@@ -383,7 +389,8 @@ def train(
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr,
                                  weight_decay=config.weight_decay)
     if config.time_limit is not None:
-        _check_time_limit(config, clock, validator, n_cal, model, val is not None)
+        _check_time_limit(config, clock, validator, n_cal, model,
+                          val is not None and validation is None)
     if checkpoint_dir is not None:
         checkpoint_dir = Path(checkpoint_dir)
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -420,7 +427,8 @@ def train(
             t_it = time.perf_counter()
             fraction = clock.fraction(it)
             if refit.due(fraction):
-                refit.measure(model, cal_data, cal_desc, val, config, device, it)
+                refit.measure(model, cal_data, cal_desc, val, config, device, it,
+                              clock.training_left())
                 sampler = CropSampler(unsplit, geometry, net_output, window, config, rng)
                 val_on = False  # the crop is training data from here on
                 notes.append(refit.note())

@@ -46,12 +46,13 @@ class Refit:
 
     def measure(self, model: UNet, cal_data: tuple[list, list], cal_desc: str,
                 val: tuple[list, list], config: TrainConfig, device: torch.device,
-                iteration: int) -> float:
-        """Calibrate a copy of ``model`` on the final calibration's data and score the crop
-        at its settings; ``model`` itself is left as it is (in training mode)."""
+                iteration: int, time_limit: float | None = None) -> float:
+        """Calibrate a copy of ``model`` on the final calibration's data (within
+        ``time_limit`` seconds: the best settings found by then) and score the crop at its
+        settings; ``model`` itself is left as it is (in training mode)."""
         probe = copy.deepcopy(model)
         cal = calibrate(probe, *cal_data, ignore_index=config.ignore_index, device=str(device),
-                        data=cal_desc)
+                        data=cal_desc, time_limit=time_limit)
         cal.apply(probe)
         self.heldout_ap = float(evaluate(probe, *val, ignore_index=config.ignore_index,
                                          device=str(device))["ap"])
