@@ -28,9 +28,9 @@ from ..labels import instance_sizes
 from ..loss import COORD_SPAN, TrainingLoss
 from ..model import ModelConfig, UNet, build_model, load_model, resolve_device, save_model
 from ..options import model_coord_scale
-from .calibrate import Calibration, calibrate, clear_calibration, evaluate, object_diameter
+from .calibrate import Calibration, calibrate, clear_calibration, object_diameter
 from .config import CALIBRATION_PIXELS, ProgressFn, TrainConfig, TrainResult
-from .refit import HISTORY_KEY, Refit
+from .refit import HISTORY_KEY, Refit, heldout_ap
 from .sampling import CropSampler, TrainArray, prepare_data, resolve_window, split_validation
 
 CHECKPOINT_KEY = "checkpoint"
@@ -528,13 +528,6 @@ def _validation_data(validation, arrays, raw, window, config: TrainConfig, notes
         return None, ""
     desc = next((n for n in reversed(notes) if n.startswith("validation on")), "")
     return ([held[0]], [held[1]]), desc.removeprefix("validation on ").split(" (")[0]
-
-
-def heldout_ap(model: UNet, val: tuple[list, list], config: TrainConfig,
-               device: torch.device) -> float:
-    """AP@0.5 of the held-out split at the model's (calibrated) settings."""
-    return float(evaluate(model, *val, ignore_index=config.ignore_index,
-                          device=str(device))["ap"])
 
 
 def _pixels(data: tuple[list, list]) -> int:

@@ -23,6 +23,13 @@ from .config import TrainConfig
 HISTORY_KEY = "refit_heldout_ap"
 
 
+def heldout_ap(model: UNet, val: tuple[list, list], config: TrainConfig,
+               device: torch.device) -> float:
+    """AP@0.5 of the held-out split at the model's (calibrated) settings."""
+    return float(evaluate(model, *val, ignore_index=config.ignore_index,
+                          device=str(device))["ap"])
+
+
 class Refit:
     """When the held-out crop joins training, and its AP measured just before."""
 
@@ -54,8 +61,7 @@ class Refit:
         cal = calibrate(probe, *cal_data, ignore_index=config.ignore_index, device=str(device),
                         data=cal_desc, time_limit=time_limit)
         cal.apply(probe)
-        self.heldout_ap = float(evaluate(probe, *val, ignore_index=config.ignore_index,
-                                         device=str(device))["ap"])
+        self.heldout_ap = heldout_ap(probe, val, config, device)
         self.iteration = iteration
         model.train()
         return self.heldout_ap
