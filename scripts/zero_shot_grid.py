@@ -2,6 +2,7 @@
 
     python scripts/zero_shot_grid.py [MODEL] [--threads N]     # default: the bundled 2D model
     python scripts/zero_shot_grid.py --size-adaptive           # bandwidth from each image
+    python scripts/zero_shot_grid.py --stability               # ... from its partitions
 
 The model predicts once per image: the real nuclei *training* rows 0-282 (the default model has
 never seen them; the rows the quality benchmark holds out, 307-511, are not read) and two
@@ -11,6 +12,11 @@ threshold at the model's calibrated minimum size (18 for the shipped default), a
 again by a size relative to the image's own objects: instances smaller than ``rel`` x the
 median instance size are dropped. One line per setting,
 best real score first: real AP@0.5, the mean over the generated styles, then each style.
+
+``--stability`` tries a label-free choice per image: cluster at each bandwidth of
+:data:`LADDER` (threshold 0.5, relative size 0.3), score each inner bandwidth by the AP@0.5
+of its partition against its two neighbours' (``min`` or ``mean``), and take the most stable
+one (the wider on ties); printed beside fixed bandwidths of the same ladder.
 
 ``--size-adaptive`` tries a bandwidth set per image from its objects' size instead:
 ``bw0 * (d / 14 px) ** p``, where ``d`` is twice the median over the foreground components of
@@ -50,6 +56,9 @@ RELATIVE = (0.0, 0.1, 0.2, 0.3)
 POWERS, BASES = (0.0, 0.5, 1.0), (1.0, 1.2, 1.4)
 ADAPTIVE_FG, ADAPTIVE_REL = (0.7, 0.85), (0.1, 0.2)
 REFERENCE_DIAMETER = 14.0
+#: ``--stability``: the bandwidth ladder and the clustering settings along it
+LADDER = (0.7, 0.85, 1.0, 1.2, 1.4, 1.7, 2.0, 2.4, 2.8)
+STABILITY_FG, STABILITY_REL = 0.5, 0.3
 
 
 def drop_relative(labels: np.ndarray, fraction: float) -> np.ndarray:
@@ -114,12 +123,48 @@ def adaptive(model, preds: dict, min_size: int) -> list[tuple[float, str]]:
     return lines
 
 
+def _most_stable(agree: list[float], rule: str) -> int:
+    """The inner ladder index whose partition agrees best with its neighbours'."""
+    def score(i: int) -> float:
+        pair = (agree[i - 1], agree[i])
+        return min(pair) if rule == "min" else float(np.mean(pair))
+
+    return max(range(1, len(LADDER) - 1), key=lambda i: (score(i), LADDER[i]))
+
+
+def stability(model, preds: dict, min_size: int) -> list[tuple[float, str]]:
+    """A bandwidth per image from the stability of its partition along :data:`LADDER`."""
+    curves = {}
+    for name, runs in preds.items():
+        curves[name] = []
+        for r, g in runs:
+            labs = [drop_relative(_cluster(model, r, min_size, bandwidth=b,
+                                           fg_threshold=STABILITY_FG), STABILITY_REL)
+                    for b in LADDER]
+            agree = [evaluate(labs[i], labs[i + 1]).ap_at(0.5) for i in range(len(LADDER) - 1)]
+            curves[name].append(([evaluate(g, lab) for lab in labs], agree))
+    lines = []
+    for rule in ("min", "mean"):
+        picks = {name: [_most_stable(a, rule) for _, a in c] for name, c in curves.items()}
+        ap = {name: pool([evs[i] for (evs, _), i in zip(c, picks[name])]).ap50
+              for name, c in curves.items()}
+        chosen = "; ".join(f"{n} {','.join(str(LADDER[i]) for i in p)}"
+                           for n, p in picks.items())
+        lines.append(_line(ap, f"most stable ({rule}), bandwidths {chosen}"))
+    for i, b in enumerate(LADDER):
+        ap = {name: pool([evs[i] for evs, _ in c]).ap50 for name, c in curves.items()}
+        lines.append(_line(ap, f"fixed bw {b} fg {STABILITY_FG} rel {STABILITY_REL}"))
+    return lines
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", nargs="?", default="default")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--size-adaptive", action="store_true",
                    help="a bandwidth per image from its objects' size (see the docstring)")
+    p.add_argument("--stability", action="store_true",
+                   help="a bandwidth per image from the stability of its partition")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
@@ -137,7 +182,8 @@ def main() -> None:
             gt = np.mean([float((g > 0).mean()) for _, g in runs])
             print(f"{name}: foreground > 0.5 covers {fg:.3f} of the pixels, the annotations "
                   f"{gt:.3f}")
-        lines = (adaptive if args.size_adaptive else fixed)(model, preds, min_size)
+        search = adaptive if args.size_adaptive else stability if args.stability else fixed
+        lines = search(model, preds, min_size)
     for _, line in sorted(lines, key=lambda t: -t[0]):
         print(line)
 
