@@ -161,10 +161,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", nargs="?", default="default")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--size-adaptive", action="store_true",
-                   help="a bandwidth per image from its objects' size (see the docstring)")
-    p.add_argument("--stability", action="store_true",
-                   help="a bandwidth per image from the stability of its partition")
+    per_image = p.add_mutually_exclusive_group()
+    per_image.add_argument("--size-adaptive", action="store_true",
+                           help="a bandwidth per image from its objects' size (see the "
+                           "docstring)")
+    per_image.add_argument("--stability", action="store_true",
+                           help="a bandwidth per image from the stability of its partition")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
