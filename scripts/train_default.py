@@ -53,7 +53,7 @@ RECIPES = {
 VALIDATION_SEED = 5000
 
 
-def data(name: str, seeds: range, aniso: bool = False):
+def data(name: str, seeds: range, aniso: bool = False, style: str | None = None):
     r = RECIPES[name]
     shape = r["shape"]
     pairs = []
@@ -64,7 +64,7 @@ def data(name: str, seeds: range, aniso: bool = False):
             shape_s = (shape[0] // 2, *shape[1:])
         else:
             shape_s = shape
-        pairs.append(nuclei(shape_s, seed=s, style=r["style"], anisotropy=a))
+        pairs.append(nuclei(shape_s, seed=s, style=style or r["style"], anisotropy=a))
     return [p[0] for p in pairs], [p[1] for p in pairs]
 
 
@@ -105,9 +105,9 @@ def scores(model) -> dict:
     return out
 
 
-def recalibrate(model, preset: str):
+def recalibrate(model, preset: str, style: str | None = None):
     """Calibrate on the recipe's validation seeds and store it in ``model``."""
-    val = data(preset, range(VALIDATION_SEED, VALIDATION_SEED + 6))
+    val = data(preset, range(VALIDATION_SEED, VALIDATION_SEED + 6), style=style)
     cal = calibrate(model, *val, device="cpu", data=f"{preset} validation seeds "
                     f"{VALIDATION_SEED}-{VALIDATION_SEED + 5}")
     cal.apply(model)
@@ -134,6 +134,8 @@ def main() -> int:
     p.add_argument("--config", default="{}",
                    help="JSON of TrainConfig fields on top of the recipe (experiments), e.g. "
                    "'{\"blur_sigma\": [0, 2], \"p_blur\": 0.5}'")
+    p.add_argument("--style", help="generated style of the training and validation images "
+                   "instead of the recipe's (experiments), e.g. mixed-halo")
     p.add_argument("--no-heldout", action="store_true",
                    help="do not score the held-out sets (while choosing between candidates "
                    "on tuning data: scripts/zero_shot_grid.py)")
@@ -157,7 +159,7 @@ def main() -> int:
             config = dataclasses.replace(config, time_limit=args.time_limit)
         config = dataclasses.replace(config, device="cpu", calibrate=False, val_every=0,
                                      checkpoint_every=250 if args.checkpoint_dir else 0)
-        images, labels = data(args.preset, range(r["n_images"]))
+        images, labels = data(args.preset, range(r["n_images"]), style=args.style)
         t0 = time.perf_counter()
 
         def progress(e: dict) -> None:
@@ -169,7 +171,7 @@ def main() -> int:
                        checkpoint_dir=args.checkpoint_dir)
         seconds = time.perf_counter() - t0
         model = result.model
-        cal = recalibrate(model, args.preset)
+        cal = recalibrate(model, args.preset, args.style)
         model.config.extra["recipe"] = {"script": "scripts/train_default.py",
                                         "argv": sys.argv[1:], "train_seconds": seconds,
                                         "iterations_done": len(result.history)}
@@ -181,7 +183,7 @@ def main() -> int:
               f"{model.config.extra.get('fg_threshold')}", flush=True)
     if args.skip_training and args.recalibrate:
         model = load_model(out)
-        cal = recalibrate(model, args.preset)
+        cal = recalibrate(model, args.preset, args.style)
         save_model(model, out, overwrite=True)
         report["calibration"] = cal.to_dict()
     if not args.no_heldout:

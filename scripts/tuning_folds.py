@@ -1,7 +1,7 @@
 """Compare training settings on two folds of the real nuclei's training rows (tuning data).
 
     python scripts/tuning_folds.py NAME [--config JSON] [--seeds 0,1] [--time-limit 300]
-        [--threads 1] [--nothing-held-out] [--save-dir DIR]
+        [--threads 1] [--nothing-held-out] [--save-dir DIR] [--from MODEL]
 
 Fold 0 trains on rows 0-189 and is scored on rows 210-282 (15 nuclei); fold 1 trains on rows
 93-282 and is scored on rows 0-72 (9 nuclei). Both lie inside ``bench_quality``'s training
@@ -9,7 +9,9 @@ rows 0-282, so its held-out rows 307-511 stay untouched. Each run is ``train`` w
 ``TrainConfig(time_limit=..., seed=..., **config)`` (everything else at its default),
 then ``segment`` at the model's calibrated settings; the pooled AP@0.5 over folds and seeds
 is printed last. ``--nothing-held-out`` validates and calibrates on the training rows
-themselves (no split). The figures of docs/training.md ("Refit") came from this script.
+themselves (no split); ``--from MODEL`` fine-tunes that model (``"default"``: the bundled
+one) instead of training from scratch. The figures of docs/training.md ("Refit") came from
+this script.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ def main() -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--nothing-held-out", action="store_true")
     p.add_argument("--save-dir", help="write each model as NAME_fF_sS.pt here")
+    p.add_argument("--from", dest="init", help="fine-tune this model (default: from scratch)")
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     fields = json.loads(args.config)
@@ -53,7 +56,7 @@ def main() -> int:
             config = TrainConfig(time_limit=args.time_limit, seed=seed, device="cpu", **fields)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                res = train([x], [y], config,
+                res = train([x], [y], config, init_model=args.init,
                             validation=([x], [y]) if args.nothing_held_out else None)
                 ev = evaluate(yt, segment(res.model, xt, "correct", device="cpu").labels)
             if args.save_dir:

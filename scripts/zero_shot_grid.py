@@ -36,7 +36,7 @@ import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_quality import REAL, real_data  # noqa: E402
+from bench_quality import REAL, REAL_TRAIN, real_rows  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
 from napari_shift_equivariance.data import nuclei  # noqa: E402
@@ -171,7 +171,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = load_model(args.model)
     min_size = ClusterOptions().resolve(model.config).min_size
-    (image, labels), _ = real_data(REAL)
+    (image, labels), = real_rows(REAL, REAL_TRAIN)
     sets = {"real": [(image, labels)]}
     for style in STYLES:
         sets[style] = [nuclei((256, 256), seed=900 + k, style=style) for k in range(2)]

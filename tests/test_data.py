@@ -172,7 +172,7 @@ def _touching_fraction(labels):
     return len(np.unique(labels[touch])) / max(int(labels.max()), 1)
 
 
-@pytest.mark.parametrize("style", [*NUCLEI_STYLES, "mixed"])
+@pytest.mark.parametrize("style", [*NUCLEI_STYLES, "mixed", "mixed-halo"])
 def test_nuclei_styles_2d_and_3d(style):
     for shape, aniso in (((128, 128), None), ((24, 64, 64), None), ((16, 64, 64), 2.5)):
         a = nuclei(shape, seed=4, style=style, anisotropy=aniso)
@@ -222,6 +222,29 @@ def test_new_appearance_options():
     assert set(p) >= set(NUCLEI_STYLES["dsb"])
     for bad in ({"gradient": -1}, {"clumps": 2.0}, {"bright_fraction": -0.1},
                 {"bright": (2.0, 1.0)}):
+        with pytest.raises(NSEError):
+            nuclei((32, 32), **bad)
+
+
+def test_glow_is_a_halo_beyond_the_outline():
+    base = dict(shape=(128, 128), seed=5, n=12, poisson=None, gaussian=0.0, touching=0.0,
+                background=0.0, texture=0.0)
+    sharp, lab = nuclei(**base)
+    halo, lab2 = nuclei(**base, glow=1.5, glow_sigma=6.0)
+    assert np.array_equal(lab, lab2)  # the outlines stay where they were
+    inside = lab > 0
+    ring = ndimage.binary_dilation(inside, iterations=4) & ~ndimage.binary_dilation(inside)
+    peak = lambda x: np.median(x[ndimage.binary_erosion(inside, iterations=2)])  # noqa: E731
+    assert np.mean(halo[ring]) / peak(halo) > 2 * np.mean(sharp[ring]) / peak(sharp)
+    assert np.array_equal(nuclei(**base, glow=0.0)[0], sharp)
+    plain = mixed_nuclei_params(np.random.default_rng(1))
+    halo = mixed_nuclei_params(np.random.default_rng(1), halo=1.0)
+    assert "glow" not in plain and 0 <= halo["glow"] <= 2.5 and 4 <= halo["glow_sigma"] <= 10
+    assert {k: v for k, v in halo.items() if not k.startswith("glow")} == plain
+    a, lab_a = nuclei((96, 96), seed=6, style="mixed")
+    b, lab_b = nuclei((96, 96), seed=6, style="mixed-halo")
+    assert not np.array_equal(a, b)
+    for bad in ({"glow": -0.1}, {"glow_sigma": 0.0}):
         with pytest.raises(NSEError):
             nuclei((32, 32), **bad)
 
