@@ -247,6 +247,8 @@ def test_glow_is_a_halo_beyond_the_outline():
     for bad in ({"glow": -0.1}, {"glow_sigma": 0.0}):
         with pytest.raises(NSEError):
             nuclei((32, 32), **bad)
+    with pytest.raises(NSEError, match="halo"):
+        mixed_nuclei_params(np.random.default_rng(0), halo=1.5)
 
 
 def test_cantor_image_order():

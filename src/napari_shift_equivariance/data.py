@@ -195,6 +195,8 @@ def mixed_nuclei_params(rng: np.random.Generator, ndim: int = 2,
     ``halo``: the chance of out-of-focus light around the nuclei (``glow`` 0-2.5 of their
     light, ``glow_sigma`` 4-10 px), as real fluorescence images have beyond the annotated
     outlines (``scripts/edge_profile.py``); ``style="mixed-halo"`` gives every image one."""
+    if not 0 <= halo <= 1:
+        raise NSEError(f"halo is a chance from 0 to 1, got {halo}")
     name = list(NUCLEI_STYLES)[int(rng.integers(len(NUCLEI_STYLES)))]
     p = dict(NUCLEI_STYLES[name])
     size = rng.uniform(0.7, 1.3) * (0.7 if ndim == 3 else 1.0)
@@ -415,7 +417,8 @@ def nuclei(
         Out-of-focus light: each nucleus also spreads ``glow`` times its light with a wide
         Gaussian of ``glow_sigma`` pixels, a dim halo that fades over several pixels beyond
         its outline (the labels keep the sharp outline, as annotators draw it on real
-        fluorescence nuclei).
+        fluorescence nuclei). In 3D the axial sigma is ``2 * glow_sigma / anisotropy``
+        slices, as for ``blur``.
 
     Returns
     -------
