@@ -7,11 +7,11 @@
 The model predicts once per image: the real nuclei *training* rows 0-282 (the default model has
 never seen them; the rows the quality benchmark holds out, 307-511, are not read) and two
 generated images per style (seeds 900-901, apart from the benchmark's 200+ and the
-calibration's 5000+). Each prediction is then clustered on a grid of bandwidth x foreground
-threshold at the model's calibrated minimum size (18 for the shipped default), and filtered
-again by a size relative to the image's own objects: instances smaller than ``rel`` x the
-median instance size are dropped. One line per setting,
-best real score first: real AP@0.5, the mean over the generated styles, then each style.
+calibration's 5000+; ``--images N``: seeds 900 to 900 + N - 1). Each prediction is then
+clustered on a grid of bandwidth x foreground threshold at the model's calibrated minimum
+size (10 for the shipped default), and filtered again by a size relative to the image's own
+objects: instances smaller than ``rel`` x the median instance size are dropped. One line per
+setting, best real score first: real AP@0.5, the mean over the generated styles, then each style.
 
 ``--stability`` tries a label-free choice per image: cluster at each bandwidth of
 :data:`LADDER` (threshold 0.5, relative size 0.3), score each inner bandwidth by the AP@0.5
@@ -161,6 +161,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("model", nargs="?", default="default")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--images", type=int, default=2, choices=range(1, 101), metavar="N",
+                   help="generated images per style (default 2)")
     per_image = p.add_mutually_exclusive_group()
     per_image.add_argument("--size-adaptive", action="store_true",
                            help="a bandwidth per image from its objects' size (see the "
@@ -174,7 +176,8 @@ def main() -> None:
     (image, labels), = real_rows(REAL, REAL_TRAIN)
     sets = {"real": [(image, labels)]}
     for style in STYLES:
-        sets[style] = [nuclei((256, 256), seed=900 + k, style=style) for k in range(2)]
+        sets[style] = [nuclei((256, 256), seed=900 + k, style=style)
+                       for k in range(args.images)]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         preds = {name: [(segment(model, x, "correct", device="cpu"), g) for x, g in pairs]
