@@ -27,7 +27,7 @@ from bench_quality import REAL, REAL_TRAIN, real_rows  # noqa: E402
 from napari_shift_equivariance.data import NUCLEI_STYLES, nuclei  # noqa: E402
 
 DISTANCES = tuple(range(-4, 7))
-STYLES = ("sparse", "dense", "dim", "large", "dsb")
+STYLES = tuple(NUCLEI_STYLES)
 GLOWS, GLOW_SIGMAS, BLURS = (0.0, 0.5, 1.0, 1.6, 2.0, 2.5), (4.0, 6.0, 8.0, 10.0), (1.0, 1.5)
 
 
@@ -46,10 +46,13 @@ def profile(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
         peak = np.median(x[core]) - background
         signed = np.where(own, 1 - ndimage.distance_transform_edt(own),
                           ndimage.distance_transform_edt(~own))
-        free = ~((labels > 0) & ~own)
+        free = (labels == 0) | own
         ring = np.round(signed)
-        rows.append([(x[(ring == d) & free].mean() - background) / peak
-                     if np.any((ring == d) & free) else np.nan for d in DISTANCES])
+        row = []
+        for d in DISTANCES:
+            at = (ring == d) & free
+            row.append((x[at].mean() - background) / peak if at.any() else np.nan)
+        rows.append(row)
     return np.nanmedian(np.array(rows), axis=0)
 
 

@@ -39,14 +39,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 from bench_quality import REAL, REAL_TRAIN, real_rows  # noqa: E402
 from scipy import ndimage  # noqa: E402
 
-from napari_shift_equivariance.data import nuclei  # noqa: E402
+from napari_shift_equivariance.data import NUCLEI_STYLES, nuclei  # noqa: E402
 from napari_shift_equivariance.labels import remove_relative  # noqa: E402
 from napari_shift_equivariance.metrics import evaluate, pool  # noqa: E402
 from napari_shift_equivariance.model import load_model  # noqa: E402
 from napari_shift_equivariance.options import ClusterOptions  # noqa: E402
 from napari_shift_equivariance.segment import segment, segment_prediction  # noqa: E402
 
-STYLES = ("sparse", "dense", "dim", "large", "dsb")
+STYLES = tuple(NUCLEI_STYLES)
 BANDWIDTHS = (1.0, 1.4, 2.0)
 FG_THRESHOLDS = (0.5, 0.7, 0.85, 0.95)
 RELATIVE = (0.0, 0.1, 0.2, 0.3)

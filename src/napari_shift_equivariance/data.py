@@ -471,9 +471,7 @@ def nuclei(
         tex *= np.float32(params["texture"] / max(float(tex.std()), 1e-6))
         image *= np.clip(1 + tex, 0, None)
     if params["glow"] > 0:
-        wide = [params["glow_sigma"]] * ndim
-        if ndim == 3:
-            wide[0] = 2 * params["glow_sigma"] / scale[0]
+        wide = _optical_sigma(params["glow_sigma"], scale)
         image += np.float32(params["glow"]) * ndimage.gaussian_filter(image, wide)
     spacing = max(shape) / 3
     uneven = smooth_field(shape, spacing, rng, sigma=0.15)[0]
@@ -486,10 +484,7 @@ def nuclei(
         ramp -= ramp.min()
         image += np.float32(params["gradient"]) * ramp / max(float(ramp.max()), 1e-6)
     if params["blur"] > 0:
-        sigma = [params["blur"]] * ndim
-        if ndim == 3:
-            sigma[0] = 2 * params["blur"] / scale[0]
-        image = ndimage.gaussian_filter(image, sigma)
+        image = ndimage.gaussian_filter(image, _optical_sigma(params["blur"], scale))
     np.clip(image, 0, None, out=image)
     if params["poisson"]:
         photons = float(params["poisson"])
@@ -497,6 +492,15 @@ def nuclei(
     if params["gaussian"] > 0:
         image += rng.normal(0.0, params["gaussian"], size=shape).astype(np.float32)
     return image.astype(np.float32, copy=False), placer.labels
+
+
+def _optical_sigma(sigma: float, scale: np.ndarray) -> list[float]:
+    """A lateral Gaussian ``sigma`` per axis: in 3D the axial one is ``2 * sigma / z pixel
+    size`` slices (light spreads about twice as far along the optical axis)."""
+    out = [sigma] * len(scale)
+    if len(scale) == 3:
+        out[0] = 2 * sigma / scale[0]
+    return out
 
 
 def _check_nuclei_params(p: dict[str, Any]) -> None:
