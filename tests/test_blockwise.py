@@ -157,6 +157,32 @@ def test_relative_min_size_blockwise_equals_in_memory(tmp_path, case2d, block):
     assert np.array_equal(np.unique(labels), np.arange(rel.n_instances + 1))  # 1..K
 
 
+def test_relative_bandwidth_blockwise_equals_in_memory(tmp_path, monkeypatch):
+    # the scale comes from the image's central sample: blockwise predicts just the tiles
+    # under it first, so both cluster at the same bandwidth; here the sample is smaller
+    # than the image and off the tile grid
+    from napari_shift_equivariance.clustering import scale
+
+    monkeypatch.setitem(scale.SAMPLE_EDGE, 2, 36)
+    model = _model()
+    model.config.loss = {**model.config.loss, "coord_scale": 0.35}
+    image = _nuclei((64, 72))
+    # random weights: the positions dominate, patches of a few pixels at bandwidth 1
+    kw = {**_options(model, image), "bandwidth": 1.0, "relative_bandwidth": 0.5}
+    ref = segment(model, image, "correct", 8, **kw)
+    assert ref.info["diameter"] > 0 and ref.info["bandwidth"] != kw["bandwidth"]
+    assert ref.n_instances > 100
+    res = segment_blockwise(model, image, tmp_path / "l.zarr", block=16, tile=8, **kw)
+    assert res.info["bandwidth"] == ref.info["bandwidth"]
+    assert res.info["diameter"] == ref.info["diameter"]
+    assert res.info["relative_bandwidth"] == 0.5
+    assert same_partition(zarr.open_array(str(tmp_path / "l.zarr"))[:], ref.labels)
+    # resumed, it finds the same bandwidth again and sees the run complete
+    again = segment_blockwise(model, image, tmp_path / "l.zarr", block=16, tile=8,
+                              resume=True, **kw)
+    assert again.info.get("already_complete")
+
+
 def test_relative_min_size_over_a_stack_is_one_median(tmp_path):
     model = _model()
     stack = np.stack([_nuclei((40, 44), seed=s) for s in range(3)])

@@ -524,3 +524,27 @@ def test_the_sklearn_backend_gives_the_same_instances(scope):
     ref = cluster_embeddings(emb, fg, 1.5, scope=scope, backend="sklearn", device="cpu")
     assert ours.max() == 3
     assert adjusted_rand_score(ours.ravel(), ref.ravel()) == 1.0
+
+
+def test_median_diameter_leaves_out_objects_cut_by_the_sample():
+    from napari_shift_equivariance.clustering.scale import median_diameter, sample_roi
+    from napari_shift_equivariance.geometry import Roi
+
+    lab = np.zeros((20, 30), np.uint32)
+    lab[0:2, 5:7] = 1  # cut by the sample's upper face, which lies inside the image
+    lab[5:15, 5:15] = 2  # whole: 100 px
+    lab[5:15, 18:28] = 3  # whole
+    lab[18:20, 0:2] = 4  # on the lower face, which is the image's own border
+    inside = Roi((10, 0), (20, 30))
+    d = median_diameter(lab, inside, (30, 30))
+    assert d == pytest.approx(2 * np.sqrt(100 / np.pi))
+    # every face is the image's: all four count (median of 4, 4, 100, 100 px)
+    assert median_diameter(lab, Roi((0, 0), (20, 30)), (20, 30)) == pytest.approx(
+        2 * np.sqrt(52 / np.pi))
+    only_cut = np.zeros_like(lab)
+    only_cut[0:2, 5:9] = 1
+    assert median_diameter(only_cut, inside, (30, 30)) == pytest.approx(
+        2 * np.sqrt(8 / np.pi))  # all cut: they still give a scale
+    assert median_diameter(np.zeros_like(lab), inside, (30, 30)) is None
+    assert sample_roi((2000, 100)).shape == (512, 100)
+    assert sample_roi((300, 300, 300)).begin == (86, 86, 86)

@@ -159,6 +159,20 @@ def test_compare_with_a_model():
     json.dumps(s)
 
 
+def test_compare_clusters_both_stitchings_at_the_bandwidth_found_once():
+    # a relative bandwidth is found on the correct run and used for the naive one as well,
+    # so that only the stitching differs between them
+    model = _model(3)
+    model.config.loss = {**model.config.loss, "coord_scale": 0.35}
+    image, gt = data.nuclei((56, 64), seed=2, radius=(4, 7))
+    res = compare(model, image, 20, gt=gt, device="cpu", bandwidth=1.0, relative_bandwidth=0.3)
+    found = res.correct.info
+    assert found["diameter"] > 0 and found["relative_bandwidth"] == 0.3
+    assert res.naive.info["bandwidth"] == found["bandwidth"] != 1.0
+    assert res.naive.info["relative_bandwidth"] == 0.0  # not found again on naive tiles
+    assert res.summary["clustering"]["diameter"] == found["diameter"]
+
+
 def test_sweep_and_files(tmp_path):
     model = _model(2)  # grid 4
     image, gt = data.nuclei((40, 44), seed=3, radius=(3, 6))

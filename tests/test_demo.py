@@ -93,3 +93,17 @@ def test_demo_default_model_tells_the_story(tmp_path):
     assert summary["split_objects"] >= 1
     assert c["ap50"] > 0.2  # a sanity floor: the pipeline finds the nuclei
     assert np.isfinite(summary["times"]["total"])
+
+
+def test_demo_finds_a_relative_bandwidth_once_for_every_run(tmp_path):
+    model = _model()
+    model.config.loss = {**model.config.loss, "coord_scale": 0.35}
+    model.config.extra = {"bandwidth": 1.0, "relative_bandwidth": 0.3}
+    lines = []
+    summary = run_demo(tmp_path / "demo", model=model, shape=(96, 104), device="cpu",
+                       log=lines.append)
+    said = [line for line in lines if line.startswith("5. segmentation")]
+    assert said and "x the span of the median object" in said[0]
+    bandwidth = float(said[0].split("bandwidth ")[1].split(" ")[0])
+    assert bandwidth != 1.0
+    assert summary["clustering"]["bandwidth"] == pytest.approx(bandwidth, rel=1e-2)

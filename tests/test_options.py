@@ -31,6 +31,19 @@ def test_cluster_options_resolve_from_the_models_calibration():
         1.0, 0.6, 0, 0.0)
 
 
+def test_a_relative_bandwidth_is_the_models_unless_a_bandwidth_is_given():
+    cfg = ModelConfig(ndim=2, depth=2, extra={"bandwidth": 1.4, "relative_bandwidth": 0.2})
+    assert ClusterOptions().resolve(cfg).relative_bandwidth == 0.2
+    # a bandwidth given by hand is meant as it is, unless a relative one is given too
+    assert ClusterOptions(bandwidth=2.0).resolve(cfg).relative_bandwidth == 0.0
+    both = ClusterOptions(bandwidth=2.0, relative_bandwidth=0.3).resolve(cfg)
+    assert (both.bandwidth, both.relative_bandwidth) == (2.0, 0.3)
+    assert ClusterOptions(relative_bandwidth=0).resolve(cfg).relative_bandwidth == 0.0
+    assert ClusterOptions().resolve(ModelConfig(ndim=2, depth=2)).relative_bandwidth == 0.0
+    assert not ClusterOptions(bandwidth=1, fg_threshold=0.5, min_size=0, spatial_radius=0,
+                              coord_scale=0, relative_min_size=0).resolved  # still open
+
+
 def test_coord_scale_comes_from_the_models_loss_settings():
     cfg = ModelConfig(ndim=2, depth=2, loss={"delta_v": 0.5, "delta_d": 1.5,
                                              "coord_scale": 0.25})
@@ -63,6 +76,8 @@ def test_cluster_options_without_calibration_use_margins_and_defaults():
     ({"coord_scale": -0.1}, "coordinate scale"), ({"coord_scale": "x"}, "coordinate scale"),
     ({"relative_min_size": 1.5}, "relative min size .* fraction"),
     ({"relative_min_size": -0.1}, "relative min size"),
+    ({"relative_bandwidth": -0.2}, "relative bandwidth"),
+    ({"relative_bandwidth": "wide"}, "relative bandwidth"),
 ])
 def test_cluster_options_reject_bad_values(kwargs, match):
     with pytest.raises(NSEError, match=match):

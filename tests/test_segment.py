@@ -129,6 +129,77 @@ def test_relative_min_size_drops_what_is_small_for_this_image_over_all_planes():
     assert res.info["relative_min_size"] == 0.3 and res.info["cluster"]["relative_min_size"] == 0.3
 
 
+COORD = 0.35
+
+
+def _coord_scene(side, n=3, seed=0, spread=0.1):
+    """An ``n x n`` grid of touching squares of ``side`` px and a network output with
+    coordinates: every pixel points at its square's centre, with an error that grows with
+    the size (``spread x side`` px), as a network's offsets do."""
+    rng = np.random.default_rng(seed)
+    shape = (n * side + 4, n * side + 4)
+    gt = np.zeros(shape, np.int32)
+    pred = np.zeros((3, *shape), np.float32)
+    pos = np.indices(shape).astype(np.float32)
+    for k, (i, j) in enumerate(np.ndindex(n, n), start=1):
+        box = (slice(2 + i * side, 2 + (i + 1) * side), slice(2 + j * side, 2 + (j + 1) * side))
+        gt[box] = k
+        for a, c in enumerate((2 + i * side, 2 + j * side)):
+            pred[a][box] = COORD * (c + (side - 1) / 2 - pos[a][box]) + rng.normal(
+                0, spread * side * COORD, (side, side))
+    pred[2] = np.where(gt > 0, 0.9, 0.05)
+    return gt, pred
+
+
+def test_a_relative_bandwidth_follows_the_objects_size():
+    # small touching squares merge at a bandwidth wide enough for the large ones' spread;
+    # a fraction of the span of each image's median object suits both
+    kw = {"coord_scale": COORD, "min_size": 0, "device": "cpu", "bandwidth": 1.4}
+    for side in (6, 24):
+        gt, pred = _coord_scene(side)
+        fixed, info = instances_from_prediction(pred, 2, **kw)
+        assert info["bandwidth"] == 1.4 and info["diameter"] is None
+        labels, info = instances_from_prediction(pred, 2, relative_bandwidth=0.3, **kw)
+        assert _ari(labels, gt) == 1.0 and info["n_instances"] == 9
+        d = 2 * np.sqrt(side * side / np.pi)  # a disk of the squares' area
+        assert info["diameter"] == pytest.approx(d, rel=0.25)
+        assert info["bandwidth"] == pytest.approx(0.3 * COORD * info["diameter"])
+        assert info["relative_bandwidth"] == 0.3
+        if side == 6:
+            assert _ari(fixed, gt) < 1.0  # what the fixed bandwidth does to them
+
+
+def test_a_relative_bandwidth_needs_coordinates_and_objects():
+    gt, pred = _coord_scene(6)
+    with pytest.raises(NSEError, match="coordinates"):
+        instances_from_prediction(pred, 2, bandwidth=1.0, relative_bandwidth=0.3,
+                                  coord_scale=0, device="cpu")
+    empty = pred.copy()
+    empty[-1] = 0.0
+    with pytest.warns(EmptyForegroundWarning, match="fixed bandwidth 1"):
+        labels, info = instances_from_prediction(empty, 2, bandwidth=1.0, coord_scale=COORD,
+                                                 relative_bandwidth=0.3, device="cpu")
+    assert info["bandwidth"] == 1.0 and info["diameter"] is None and not labels.any()
+
+
+def test_the_scale_comes_from_a_central_sample_of_the_middle_plane(monkeypatch):
+    from napari_shift_equivariance.clustering import scale
+
+    (_, small), (_, large) = _coord_scene(6, n=8), _coord_scene(24, n=2)  # both 52 x 52
+    kw = {"coord_scale": COORD, "min_size": 0, "device": "cpu", "bandwidth": 1.4,
+          "relative_bandwidth": 0.3}
+    # the middle plane of three sets the scale of all of them
+    _, info = instances_from_prediction(np.stack([small, large, small], axis=1), 2, **kw)
+    assert info["diameter"] > 20
+    _, info = instances_from_prediction(np.stack([large, small, large], axis=1), 2, **kw)
+    assert info["diameter"] < 12
+    # and only its central sample: the large squares' corners are cut out of it
+    monkeypatch.setitem(scale.SAMPLE_EDGE, 2, 12)
+    assert scale.sample_roi((52, 52)).begin == (20, 20)
+    _, info = instances_from_prediction(large, 2, **kw)
+    assert info["diameter"] < 15
+
+
 def test_relabel_sequential():
     lab = np.array([[0, 7, 7], [3, 0, 100]])
     out, k = relabel_sequential(lab, start=5)
@@ -247,6 +318,21 @@ def test_cli_segment(tmp_path, capsys):
     doc = json.loads(capsys.readouterr().out)
     assert rc == 0 and doc["relative_min_size"] == 0.5
     assert not list(tmp_path.glob("*.partial"))
+    # a relative bandwidth: a clear error without coordinates, nothing written
+    rc = main(["segment", str(tmp_path / "img.tif"), "--model", str(model_path), "--out",
+               str(tmp_path / "y.tif"), "--relative-bandwidth", "0.3", "--quiet",
+               "--device", "cpu"])
+    assert rc == 2 and "coordinates" in capsys.readouterr().err
+    assert not (tmp_path / "y.tif").exists()
+    coords = _model()
+    coords.config.loss = {**coords.config.loss, "coord_scale": 0.35}
+    coord_path = save_model(coords, tmp_path / "c.pt")
+    rc = main(["segment", str(tmp_path / "img.tif"), "--model", str(coord_path), "--out",
+               str(tmp_path / "y.tif"), "--relative-bandwidth", "0.3", "--bandwidth", "1",
+               "--json", "--quiet", "--device", "cpu"])
+    doc = json.loads(capsys.readouterr().out)
+    assert rc == 0 and doc["relative_bandwidth"] == 0.3 and doc["diameter"] > 0
+    assert doc["bandwidth"] == pytest.approx(0.3 * 0.35 * doc["diameter"])
 
 
 def test_default_bandwidth_prefers_the_models_calibrated_one():

@@ -299,3 +299,32 @@ def test_calibration_picks_a_relative_min_size_when_fragments_scale_with_the_obj
                                              device="cpu")
     assert info["relative_threshold"] > 36 and labels.max() == 12
     assert "median size" in cal.describe()
+
+
+def test_calibration_picks_a_relative_bandwidth_when_the_images_objects_differ_in_size():
+    from test_segment import COORD, _coord_scene
+
+    model = tiny_model()
+    model.config.loss = {**model.config.loss, "coord_scale": COORD}
+    (g1, p1), (g2, p2) = _coord_scene(6), _coord_scene(24)
+    cal = calibrate(model, [g1, g2], [g1, g2], predictions=[p1, p2], device="cpu",
+                    min_sizes=[0], relative_min_sizes=[0])
+    assert cal.fixed_ap < 0.98  # no one bandwidth suits both sizes
+    assert cal.relative_bandwidth > 0 and cal.ap == 1.0 > cal.fixed_ap
+    assert {s["relative_bandwidth"] for s in cal.relative_scores} == set(
+        cal.grid["relative_bandwidth"])
+    cal.apply(model)
+    assert ClusterOptions().resolve(model.config).relative_bandwidth == cal.relative_bandwidth
+    for g, p in ((g1, p1), (g2, p2)):
+        labels, _ = instances_from_prediction(p, 2, ClusterOptions().resolve(model.config),
+                                              device="cpu")
+        assert ap50(g, labels) == 1.0  # segment clusters as the calibration scored
+    # one object size: a fixed bandwidth does as well, and stays
+    alone = calibrate(model, [g1], [g1], predictions=[p1], device="cpu")
+    assert alone.relative_bandwidth == 0.0 and alone.relative_scores
+    assert alone.ap == alone.fixed_ap
+    # a model without coordinates has no relative grid, and refuses one
+    plain = tiny_model()
+    assert not calibrate(plain, [g1], [g1], predictions=[p1], device="cpu").relative_scores
+    with pytest.raises(NSEError, match="coordinates"):
+        calibrate(plain, [g1], [g1], predictions=[p1], relative_bandwidths=[0.2])

@@ -196,6 +196,7 @@ def test_auto_uses_the_models_calibration(make_napari_viewer, qtbot):
     # the user switches positions off
     ("spatial_radius", {"min_size": 4, "spatial_radius": 7.5}, "spatial radius 7.5 px", 0.0),
     ("relative_min_size", {"min_size": 0, "relative_min_size": 0.25}, "0.25 × median", 0.9),
+    ("relative_bandwidth", {"min_size": 0, "relative_bandwidth": 0.3}, "(0.3 × object)", 0.5),
 ])
 def test_clustering_field_auto_and_set(make_napari_viewer, qtbot, field, calibrated, shown,
                                        mine):
@@ -203,6 +204,8 @@ def test_clustering_field_auto_and_set(make_napari_viewer, qtbot, field, calibra
     image, _ = periodic_disks((64, 64), radius=5, spacing=15, noise=0.01, seed=1)
     viewer.add_image(image, name="disks")
     model = tiny_model(bandwidth=0.35, fg_threshold=0.3, **calibrated)
+    if field == "relative_bandwidth":  # needs a model with coordinates
+        model.config.loss = {**model.config.loss, "coord_scale": 0.35}
     w.model.value = ModelSource.registry(REGISTRY.add(model, field))
     widget = getattr(w, field)
     assert shown in w.cluster_info.value

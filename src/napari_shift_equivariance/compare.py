@@ -197,9 +197,10 @@ def compare(model: UNet | str, image: Any, tile: int | Sequence[int], *, gt: Any
     """Segment ``image`` with naive and with correct stitching and compare them.
 
     ``segment_kwargs`` go to :func:`segment.segment` for both runs (bandwidth, scope, ``cluster``,
-    ...). ``gt`` (labels of the image's shape without channel axis) adds AP@0.5 and false
-    splits/merges. ``progress(stage, done, total)`` gets stages ``naive predict``,
-    ``naive cluster``, ``correct predict``, ``correct cluster``.
+    ...); with a relative bandwidth, the one the correct run finds clusters the naive run
+    too, so that only the stitching differs. ``gt`` (labels of the image's shape without
+    channel axis) adds AP@0.5 and false splits/merges. ``progress(stage, done, total)`` gets
+    stages ``correct predict``, ``correct cluster``, ``naive predict``, ``naive cluster``.
     """
     if not isinstance(model, UNet):
         model = load_model(model)
@@ -207,11 +208,22 @@ def compare(model: UNet | str, image: Any, tile: int | Sequence[int], *, gt: Any
         if key in segment_kwargs:
             raise NSEError(f"compare sets {key} itself")
     runs = {}
-    for mode in ("naive", "correct"):
+    kwargs = dict(segment_kwargs)
+    for mode in ("correct", "naive"):
         stage = None if progress is None else (
             lambda s, d, t, m=mode: progress(f"{m} {s}", d, t))
-        runs[mode] = segment(model, image, mode, tile, progress=stage, **segment_kwargs)
+        runs[mode] = segment(model, image, mode, tile, progress=stage, **kwargs)
+        kwargs = {**kwargs, **same_clustering(runs[mode])}
     return compare_results(runs["naive"], runs["correct"], gt)
+
+
+def same_clustering(reference: SegmentResult) -> dict[str, Any]:
+    """Keywords for :func:`segment.segment` that cluster at ``reference``'s bandwidth: a
+    relative bandwidth found once, on the reference, so that naive and correct stitching
+    are clustered alike."""
+    if not reference.info.get("diameter"):
+        return {}
+    return {"bandwidth": reference.info["bandwidth"], "relative_bandwidth": 0.0}
 
 
 def compare_results(naive: SegmentResult, correct: SegmentResult,
@@ -231,7 +243,8 @@ def compare_results(naive: SegmentResult, correct: SegmentResult,
         "split_objects": int(split["count"]),
         "seam_reference": "other stitching" if gt is None else "ground truth",
         "clustering": {k: info[k] for k in ("bandwidth", "scope", "min_size",
-                                            "relative_min_size", "fg_threshold", "backend")},
+                                            "relative_min_size", "relative_bandwidth", "diameter",
+                                            "fg_threshold", "backend")},
         "definitions": {"seam_splits": SEAM_DEFINITION, "split_objects": SPLIT_MAP_DEFINITION,
                         "embedding_seam_statistic": EMBEDDING_DEFINITION,
                         **({"false_splits_merges": SPLIT_DEFINITION, "ap50": AP_DEFINITION}
@@ -320,6 +333,7 @@ def sweep(model: UNet | str, image: Any, gt: Any, tiles: Sequence[int | Sequence
     ref_tile = [max(g, (int(t) // g) * g) for t, g in zip(np.broadcast_to(largest, len(grid)),
                                                             grid)]
     reference = segment(model, image, "correct", ref_tile, cancel=cancel, **segment_kwargs)
+    segment_kwargs = {**segment_kwargs, **same_clustering(reference)}
     gt = _check_gt(gt, reference.labels.shape, reference.plan.ndim)
     rows = []
     for i, t in enumerate(tiles):

@@ -25,7 +25,7 @@ from .geometry import Coordinate
 from .model import UNet, load_model
 from .options import ClusterOptions
 from .predict import Predictor
-from .segment import segment_prediction
+from .segment import fix_bandwidth, segment_prediction
 from .tiling import TilePlan
 
 SHAPES = {False: (512, 512), True: (256, 256)}
@@ -133,8 +133,12 @@ def run_demo(
         say(f"   {m:8} tiles: max |difference| = {diff[m]:.2g}  -> {verdict}")
 
     opts = ClusterOptions(scope=scope).resolve(cfg)
+    relative = opts.relative_bandwidth
+    opts, diameter = fix_bandwidth(preds["whole"], cfg.ndim, opts, device=device)
+    span = (f" = {relative:.3g} x the span of the median object, {diameter:.1f} px in the "
+            f"whole-image pass" if diameter else "")
     say(f"5. segmentation: foreground > {opts.fg_threshold:.3g}, mean-shift (bandwidth "
-        f"{opts.bandwidth:.3g}, scope {scope}), the same for every run")
+        f"{opts.bandwidth:.3g}{span}, scope {scope}), the same for every run")
     plans["whole"] = predictor.plan(shape, "whole")
     results = {}
     for mode in ("whole", "naive", "correct"):

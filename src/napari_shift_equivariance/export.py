@@ -242,7 +242,9 @@ def _readme(config: ModelConfig, name: str) -> str:
         `{cal or 'none stored'}` (mean-shift bandwidth, foreground threshold, minimum
         size in pixels, minimum size as a fraction of the image's median instance size,
         spatial radius: the pixels of position that weigh one bandwidth in the clustering
-        space, 0 = positions not used).
+        space, 0 = positions not used; relative bandwidth, when above 0: cluster each image
+        at that fraction of coordinate scale x the median object diameter found by a first
+        clustering of its central sample at the bandwidth).
 
         ## Validation
 

@@ -133,6 +133,19 @@ class Roi:
         return f"Roi({self.to_list()})"
 
 
+def object_diameter(size: float, ndim: int) -> float:
+    """The diameter of a disk (2D) or ball (3D) of ``size`` pixels."""
+    if ndim == 2:
+        return 2.0 * math.sqrt(size / math.pi)
+    return 2.0 * (3.0 * size / (4.0 * math.pi)) ** (1.0 / 3.0)
+
+
+def central_roi(shape: Sequence[int], edge: int) -> Roi:
+    """The box of at most ``edge`` pixels per axis at the centre of an array of ``shape``."""
+    size = Coordinate(min(int(s), int(edge)) for s in shape)
+    return Roi((Coordinate(shape) - size) // 2, size)
+
+
 def as_tuple(value: int | Sequence[int], ndim: int, name: str = "value") -> tuple[int, ...]:
     """Broadcast one int to ``ndim`` axes, or check a per-axis sequence has ``ndim`` entries."""
     if isinstance(value, int | float):

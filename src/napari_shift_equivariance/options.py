@@ -6,7 +6,8 @@ they round-trip through plain dicts (``to_dict`` / ``from_dict``) for JSON and s
 
 ``ClusterOptions`` leaves a value ``None`` to mean "the model's": :meth:`ClusterOptions.resolve`
 fills it from the calibration that training stores in ``config.extra`` (``"bandwidth"``,
-``"fg_threshold"``, ``"min_size"``, ``"relative_min_size"``, ``"spatial_radius"``), or else
+``"fg_threshold"``, ``"min_size"``, ``"relative_min_size"``, ``"spatial_radius"``,
+``"relative_bandwidth"``), or else
 from the loss margins and the defaults below.
 """
 
@@ -31,7 +32,7 @@ DEFAULT_MIN_SIZE = {2: 10, 3: 30}
 DEFAULT_FG_THRESHOLD = 0.5
 #: The keys of ``ModelConfig.extra`` that calibration writes and :meth:`resolve` reads.
 CALIBRATION_KEYS = ("bandwidth", "fg_threshold", "min_size", "relative_min_size",
-                    "spatial_radius")
+                    "spatial_radius", "relative_bandwidth")
 
 
 def check_known_fields(cls: type, d: Mapping[str, Any], what: str) -> None:
@@ -142,6 +143,13 @@ class ClusterOptions(_Options):
         embedding channels (:func:`~.loss.with_coordinates`): clustering adds
         ``coord_scale * position`` there. ``None``: the model's (its loss settings, else 0).
         A value other than the model's only makes sense for comparisons.
+    relative_bandwidth
+        A bandwidth that follows the size of the objects in each image: ``relative_bandwidth
+        x coord_scale x D``, with ``D`` the median object diameter found by clustering a
+        central sample of the image at ``bandwidth`` first (:mod:`.clustering.scale`), so
+        ``relative_bandwidth`` is a fraction of a median object's span in the embedding.
+        Needs a model with coordinates. ``0``: off (``bandwidth`` is used as it is);
+        ``None``: the model's calibrated value, else 0, and 0 when ``bandwidth`` is given.
     """
 
     bandwidth: float | None = None
@@ -153,6 +161,7 @@ class ClusterOptions(_Options):
     spatial_radius: float | None = None
     coord_scale: float | None = None
     relative_min_size: float | None = None
+    relative_bandwidth: float | None = None
 
     def __post_init__(self) -> None:
         b = self.bandwidth
@@ -186,6 +195,9 @@ class ClusterOptions(_Options):
                                check_fraction(self.relative_min_size, "relative min size"))
         if self.coord_scale is not None:
             object.__setattr__(self, "coord_scale", check_coord_scale(self.coord_scale))
+        if self.relative_bandwidth is not None:
+            object.__setattr__(self, "relative_bandwidth", check_off_or_positive(
+                self.relative_bandwidth, "relative bandwidth"))
         _choice("scope", self.scope, SCOPES)
         _choice("backend", self.backend, BACKENDS)
         object.__setattr__(self, "block_shape", _int_tuple("block shape", self.block_shape))
@@ -194,13 +206,18 @@ class ClusterOptions(_Options):
     def resolved(self) -> bool:
         """Whether every model-dependent value is set."""
         return None not in (self.bandwidth, self.fg_threshold, self.min_size,
-                            self.spatial_radius, self.coord_scale, self.relative_min_size)
+                            self.spatial_radius, self.coord_scale, self.relative_min_size,
+                            self.relative_bandwidth)
 
     def resolve(self, config: Any) -> ClusterOptions:
         """These options with every ``None`` filled from the model ``config``
         (a :class:`~.model.ModelConfig`): its calibration, else the defaults."""
         extra = getattr(config, "extra", None) or {}
         changes: dict[str, Any] = {}
+        if self.relative_bandwidth is None:
+            # a bandwidth given by hand is meant as it is
+            r = extra.get("relative_bandwidth") if self.bandwidth is None else None
+            changes["relative_bandwidth"] = float(r) if r is not None else 0.0
         if self.bandwidth is None:
             changes["bandwidth"] = _model_bandwidth(config)
         if self.fg_threshold is None:

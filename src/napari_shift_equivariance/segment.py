@@ -17,8 +17,10 @@ from typing import Any
 
 import numpy as np
 
+from .clustering.scale import median_diameter, sample_plane, sample_roi, scaled_bandwidth
 from .data import relabel_sequential
 from .errors import Cancelled, NSEError
+from .geometry import Roi
 from .labels import remove_relative
 from .model import ModelConfig, UNet, load_model
 from .options import DEFAULT_MIN_SIZE, SCOPES, ClusterOptions, cluster_options
@@ -92,6 +94,12 @@ def instances_from_prediction(
     if prediction.ndim < ndim + 1 or prediction.shape[0] < 2:
         raise NSEError(f"a prediction needs shape (E + 1, ..., *{ndim} spatial axes), got "
                        f"{prediction.shape}")
+    notes: list[str] = []
+    relative = opts.relative_bandwidth or 0.0
+    opts, diameter = fix_bandwidth(prediction, ndim, opts, device=device)
+    if relative and diameter is None:
+        notes.append(f"no object in the central sample to set the relative bandwidth: "
+                     f"the fixed bandwidth {opts.bandwidth:.3g} is used")
     foreground = prediction[-1] > opts.fg_threshold
     leading = prediction.shape[1 : prediction.ndim - ndim]
     planes = list(np.ndindex(*leading)) if leading else [()]
@@ -126,7 +134,6 @@ def instances_from_prediction(
         labels, threshold = remove_relative(labels, opts.relative_min_size)
         count = int(labels.max())
     n_fg = int(foreground.sum())
-    notes = []
     if n_fg == 0:
         notes.append(
             f"no pixel has foreground probability > {opts.fg_threshold}: the labels are all "
@@ -139,7 +146,49 @@ def instances_from_prediction(
     for note in notes:
         warnings.warn(note, EmptyForegroundWarning, stacklevel=2)
     return labels, {"n_instances": count, "n_foreground": n_fg, "min_size": opts.min_size,
-                    "relative_threshold": threshold, "warnings": notes}
+                    "relative_threshold": threshold, "warnings": notes,
+                    "bandwidth": opts.bandwidth, "relative_bandwidth": relative,
+                    "diameter": diameter}
+
+
+def fix_bandwidth(prediction: np.ndarray, ndim: int, cluster: ClusterOptions, *,
+                  device: str = "auto") -> tuple[ClusterOptions, float | None]:
+    """``cluster`` (resolved) with a relative bandwidth made absolute for the network output
+    ``prediction`` ``(E + 1, *leading, *spatial)``, from its central sample, and the median
+    object diameter found there (``None`` without a relative bandwidth or objects). Clustering
+    other predictions with the result uses the same bandwidth for all (``compare``)."""
+    if not cluster.relative_bandwidth:
+        return cluster, None
+    spatial = prediction.shape[prediction.ndim - ndim:]
+    roi = sample_roi(spatial)
+    plane = sample_plane(prediction.shape[1 : prediction.ndim - ndim])
+    bw, diameter = sample_bandwidth(prediction[(slice(None), *plane, *roi.to_slices())], roi,
+                                    spatial, cluster, device=device)
+    return cluster.replace(bandwidth=bw, relative_bandwidth=0.0), diameter
+
+
+def sample_bandwidth(sample: np.ndarray, roi: Roi, spatial_shape: Sequence[int],
+                     cluster: ClusterOptions, *, device: str = "auto"
+                     ) -> tuple[float, float | None]:
+    """The bandwidth of ``cluster`` (resolved) for an image whose central sample ``roi``
+    (:func:`~.clustering.scale.sample_roi`) has the network output ``sample``: with a
+    relative bandwidth, ``(relative x coord_scale x D, D)`` where ``D`` is the median object
+    diameter of the sample clustered at the fixed bandwidth; else, or without objects there,
+    ``(bandwidth, None)``."""
+    if not cluster.relative_bandwidth:
+        return float(cluster.bandwidth), None
+    if not cluster.coord_scale:
+        raise NSEError("a relative bandwidth needs a model trained with coordinates "
+                       "(coord_scale > 0); give a bandwidth instead")
+    ndim = len(roi.begin)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", EmptyForegroundWarning)
+        labels, _ = instances_from_prediction(sample, ndim, cluster.replace(
+            relative_bandwidth=0.0), device=device)
+    diameter = median_diameter(labels, roi, spatial_shape)
+    if diameter is None:
+        return float(cluster.bandwidth), None
+    return scaled_bandwidth(cluster.relative_bandwidth, cluster.coord_scale, diameter), diameter
 
 
 @dataclass(frozen=True)
@@ -179,6 +228,7 @@ def segment(
     backend: str | None = None,
     spatial_radius: float | None = None,
     relative_min_size: float | None = None,
+    relative_bandwidth: float | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     amp: str | None = None,
@@ -211,6 +261,10 @@ def segment(
     spatial_radius
         Cluster embeddings and pixel positions together, ``spatial_radius`` pixels weighing
         one bandwidth (spatial-range mean-shift); 0: embeddings only; ``None``: the model's.
+    relative_bandwidth
+        A bandwidth that follows the objects' size: this fraction of the embedding span of
+        an object of the image's median diameter (:mod:`.clustering.scale`); 0: off;
+        ``None``: the model's, and off when ``bandwidth`` is given.
     cluster
         The clustering options as one :class:`~.options.ClusterOptions`; the keywords above,
         where given, override it.
@@ -227,7 +281,8 @@ def segment(
     opts = cluster_options(cluster, bandwidth=bandwidth, scope=scope, min_size=min_size,
                            fg_threshold=fg_threshold, backend=backend,
                            block_shape=block_shape, spatial_radius=spatial_radius,
-                           relative_min_size=relative_min_size).resolve(config)
+                           relative_min_size=relative_min_size,
+                           relative_bandwidth=relative_bandwidth).resolve(config)
 
     predictor = Predictor(model, device, amp, batch_size, pad)
     plan = predictor.plan(image.shape, mode, tile, channel_axis)
@@ -274,7 +329,6 @@ def segment_prediction(
         "requested_tile": list(plan.requested) if plan.requested is not None else None,
         "n_tiles": len(plan),
         "grid": list(config.geometry.grid),
-        "bandwidth": opts.bandwidth,
         "scope": opts.scope,
         "fg_threshold": opts.fg_threshold,
         "backend": opts.backend,

@@ -111,6 +111,11 @@ SETTINGS = (
     setting("bandwidth", Auto, None, label="Bandwidth", auto_text=_AUTO, min=0.01, max=100.0,
             step=0.05, tooltip="mean-shift bandwidth in embedding units; auto: the model's "
             "calibrated value, else the one its loss margins imply"),
+    setting("relative_bandwidth", Auto, None, label="Bandwidth (× object)", auto_text=_AUTO,
+            min=0.0, max=5.0, step=0.01, tooltip="a bandwidth that follows the objects' "
+            "size: this fraction of the embedding span of an object of the image's median "
+            "diameter, found at the bandwidth above in a central sample; 0: off; auto: the "
+            "model's calibrated value, else 0 (off when a bandwidth is set)"),
     setting("fg_threshold", Auto, None, label="Foreground >", auto_text=_AUTO, min=0.01,
             max=0.99, step=0.05, tooltip="pixels with a higher foreground probability are "
             "clustered; auto: the model's calibrated threshold, else 0.5"),
@@ -214,8 +219,8 @@ class SegmentWidget(SettingsOwner, Container, ResultViews):
             self.device,
         ])
         self.options_w = Container(widgets=[
-            self.bandwidth, self.fg_threshold, self.min_size, self.relative_min_size,
-            self.spatial_radius, self.cluster_info, self.scope,
+            self.bandwidth, self.relative_bandwidth, self.fg_threshold, self.min_size,
+            self.relative_min_size, self.spatial_radius, self.cluster_info, self.scope,
             self.pad, self.batch_size, self.raw_channels, self.context_boxes,
             self.napari_progress, self.defaults_btn,
         ])
@@ -330,6 +335,7 @@ class SegmentWidget(SettingsOwner, Container, ResultViews):
             return
         auto = ClusterOptions().resolve(config)
         for w, value in ((self.bandwidth, auto.bandwidth),
+                         (self.relative_bandwidth, auto.relative_bandwidth),
                          (self.fg_threshold, auto.fg_threshold), (self.min_size, auto.min_size),
                          (self.relative_min_size, auto.relative_min_size),
                          (self.spatial_radius, auto.spatial_radius)):
@@ -339,7 +345,9 @@ class SegmentWidget(SettingsOwner, Container, ResultViews):
         data = (extra.get("calibration") or {}).get("data") or "held-out images"
         how = (f"calibrated on {data}" if calibrated else
                "not calibrated: bandwidth from the loss margins")
-        self.cluster_info.value = (f"auto (model): bandwidth {auto.bandwidth:.3g} · "
+        scale = (f" ({auto.relative_bandwidth:.3g} × object)" if auto.relative_bandwidth
+                 else "")
+        self.cluster_info.value = (f"auto (model): bandwidth {auto.bandwidth:.3g}{scale} · "
                                    f"foreground > {auto.fg_threshold:.2f} · min size "
                                    f"{auto.min_size} px, {auto.relative_min_size:.2g} × "
                                    f"median · spatial radius "
@@ -556,7 +564,8 @@ class SegmentWidget(SettingsOwner, Container, ResultViews):
                               min_size=None if min_size is None else int(min_size),
                               scope=str(self.scope.value),
                               spatial_radius=self.spatial_radius.value,
-                              relative_min_size=self.relative_min_size.value)
+                              relative_min_size=self.relative_min_size.value,
+                              relative_bandwidth=self.relative_bandwidth.value)
 
     def _options(self) -> dict[str, Any]:
         batch = self.batch_size.value

@@ -45,12 +45,16 @@ from ..clustering import (
     mean_shift,
     with_positions,
 )
+from ..clustering.scale import sample_plane, sample_roi
 from ..errors import Cancelled, NSEError, is_cancelled
+from ..geometry import Coordinate, Roi
 from ..io import check_image, read_image
 from ..labels import relative_size_threshold
 from ..model import UNet, load_model
 from ..options import ClusterOptions, cluster_options
 from ..predict import AxisLayout, Predictor, auto_batch_size, axis_layout
+from ..segment import sample_bandwidth
+from ..tiling import Tile
 from .merge import merge_placeholders
 from .plan import Block, BlockPlan, plan_blocks
 from .store import StorePaths, finish_store, is_omezarr_target, open_store, os_error
@@ -197,18 +201,45 @@ def model_key(model: UNet) -> str:
 def predict_block(job: Job, block: Block) -> np.ndarray:
     """``(E + 1, *write_roi.shape)``: the network output of the block, tile by tile, equal to
     the whole-image output there (the tiles are the whole-image plan's)."""
-    pred = _predictor(job)
-    tiles = job.plan.tiles_of(block)
-    image = _image(job)
-    out = np.empty((pred.config.out_channels, *block.write_roi.shape), np.float32)
-    for i in range(0, len(tiles), job.batch_size):
-        batch = tiles[i : i + job.batch_size]
-        # the predictor's own read and forward steps, on the tiles of this block only
-        y = pred._forward(pred._read(image, batch, job.layout, block.lead, job.norm))
+    return _predict_tiles(_predictor(job), job.plan.tiles_of(block), _image(job), job.layout,
+                          block.lead, job.norm, block.write_roi, job.batch_size)
+
+
+def _predict_tiles(pred: Predictor, tiles: Sequence[Tile], image: Any, layout: Any,
+                   lead: tuple[int, ...], norm: Any, roi: Roi, batch_size: int) -> np.ndarray:
+    """``(E + 1, *roi.shape)``: the output of the whole-image plan's ``tiles`` that partition
+    ``roi`` of plane ``lead``."""
+    out = np.empty((pred.config.out_channels, *roi.shape), np.float32)
+    for i in range(0, len(tiles), batch_size):
+        batch = tiles[i : i + batch_size]
+        # the predictor's own read and forward steps, on these tiles only
+        y = pred._forward(pred._read(image, batch, layout, lead, norm))
         for t, yt in zip(batch, y):
-            out[(slice(None), *t.output_roi.to_slices(block.write_roi.begin))] = yt[
+            out[(slice(None), *t.output_roi.to_slices(roi.begin))] = yt[
                 (slice(None), *t.crop.to_slices())]
     return out
+
+
+def _scale_bandwidth(opts: ClusterOptions, predictor: Predictor, plan: BlockPlan, image: Any,
+                     layout: Any, norm: Any, batch_size: int, device: str
+                     ) -> tuple[ClusterOptions, float | None]:
+    """A relative bandwidth made absolute from the image's central sample
+    (:mod:`..clustering.scale`), predicted from the same tiles as in memory, so the run
+    clusters at the bandwidth ``segment`` would use."""
+    if not opts.relative_bandwidth:
+        return opts, None
+    spatial = tuple(plan.spatial)
+    roi = sample_roi(spatial)
+    t = plan.tiles.tile_shape
+    begin = Coordinate(b // k * k for b, k in zip(roi.begin, t))
+    end = Coordinate(min(-(-e // k) * k, s) for e, k, s in zip(roi.end, t, spatial))
+    hull = Roi(begin, end - begin)
+    lead = sample_plane(plan.leading)
+    cover = plan.tiles_of(Block(-1, (), lead, hull, hull))
+    y = _predict_tiles(predictor, cover, image, layout, lead, norm, hull, batch_size)
+    sample = y[(slice(None), *roi.to_slices(hull.begin))]
+    bw, diameter = sample_bandwidth(sample, roi, spatial, opts, device=device)
+    return opts.replace(bandwidth=bw, relative_bandwidth=0.0), diameter
 
 
 def _write(array: Any, index: tuple, data: np.ndarray, path: str) -> None:
@@ -462,6 +493,7 @@ def run_blockwise(
     min_size: int | None = None,
     spatial_radius: float | None = None,
     relative_min_size: float | None = None,
+    relative_bandwidth: float | None = None,
     device: str = "auto",
     batch_size: int | None = None,
     amp: str | None = None,
@@ -507,8 +539,13 @@ def run_blockwise(
     norm = normalize.normalization_params(arr, cfg.normalization)
     opts = _resolve_cluster(model, cluster, bandwidth=bandwidth, fg_threshold=fg_threshold,
                             min_size=min_size, spatial_radius=spatial_radius,
-                            relative_min_size=relative_min_size
+                            relative_min_size=relative_min_size,
+                            relative_bandwidth=relative_bandwidth
                             ) if kind == "segment" else None
+    relative, diameter = (opts.relative_bandwidth or 0.0) if opts else 0.0, None
+    if opts is not None:
+        opts, diameter = _scale_bandwidth(opts, predictor, plan, arr, layout, norm, bs,
+                                          str(predictor.device))
     mkey = model_key(model)
     manifest = {
         "kind": kind, "image_shape": list(arr.shape), "image_dtype": str(arr.dtype),
@@ -531,7 +568,8 @@ def run_blockwise(
             "fg_threshold": opts.fg_threshold if opts else None,
             "min_size": opts.min_size if opts else None,
             "spatial_radius": opts.spatial_radius if opts else None,
-            "relative_min_size": opts.relative_min_size if opts else None}
+            "relative_min_size": opts.relative_min_size if opts else None,
+            "relative_bandwidth": relative, "diameter": diameter}
     if complete:
         if paths.rename and paths.root != paths.final and Path(paths.root).exists():
             finish_store(paths)

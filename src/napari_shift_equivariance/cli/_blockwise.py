@@ -80,7 +80,8 @@ def run(args: argparse.Namespace, kind: str) -> int:
             raise NSEError("blockwise segmentation is exact for --scope component only")
         kw = {"bandwidth": args.bandwidth, "fg_threshold": args.fg_threshold,
               "min_size": args.min_size, "spatial_radius": args.spatial_radius,
-              "relative_min_size": args.relative_min_size}
+              "relative_min_size": args.relative_min_size,
+              "relative_bandwidth": args.relative_bandwidth}
     from ..blockwise.memory import fixed_mmap_threshold
 
     fixed_mmap_threshold()  # this process is ours: keep the peak flat block after block

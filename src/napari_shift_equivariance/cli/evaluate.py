@@ -87,7 +87,8 @@ def _labels_for(args: argparse.Namespace, path: Path, bars: StageBars) -> tuple[
     result = segment(model, read_image(path), mode, tile, amp=args.amp, progress=bars,
                      **_seg_kwargs(args))
     info = {k: result.info.get(k) for k in ("mode", "bandwidth", "scope", "fg_threshold",
-                                             "min_size", "relative_min_size", "n_tiles")}
+                                             "min_size", "relative_min_size", "relative_bandwidth",
+                                             "diameter", "n_tiles")}
     return result.labels, {"source": "model", "model": str(args.model), **info}
 
 

@@ -40,6 +40,11 @@ def add_clustering(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=BACKENDS, default="torch",
                    help="mean-shift implementation: ours (torch, default) or scikit-learn's "
                    "(a slow reference)")
+    p.add_argument("--relative-bandwidth", type=float, default=None, metavar="FRACTION",
+                   help="a bandwidth that follows the objects' size: this fraction of the "
+                   "embedding span of an object of the image's median diameter (found in a "
+                   "central sample at --bandwidth); 0: off (default: the model's, else 0; off "
+                   "when --bandwidth is given)")
     p.add_argument("--spatial-radius", type=float, default=None,
                    help="cluster embeddings and pixel positions together, this many pixels "
                    "weighing one bandwidth (about the objects' radius to diameter); 0: "
@@ -101,7 +106,7 @@ def _seg_kwargs(args: argparse.Namespace) -> dict[str, Any]:
         "bandwidth": args.bandwidth, "scope": args.scope, "min_size": args.min_size,
         "fg_threshold": args.fg_threshold, "backend": args.backend,
         "spatial_radius": args.spatial_radius, "relative_min_size": args.relative_min_size,
-        "device": args.device,
+        "relative_bandwidth": args.relative_bandwidth, "device": args.device,
         "batch_size": args.batch_size, "pad": args.pad, "channel_axis": args.channel_axis,
     }
 
@@ -171,9 +176,11 @@ def cmd_segment(args: argparse.Namespace) -> int:
     t = info["times"]
     tiles = ("one pass" if mode == "whole" else
              f"{info['n_tiles']} tiles of {tuple(info['tile'])}")
+    scale = (f" ({info['relative_bandwidth']:.3g} x the span of the median object, "
+             f"{info['diameter']:.1f} px)" if info.get("diameter") else "")
     emit(args, data,
          f"wrote {out}: {info['n_instances']} instances, shape {result.labels.shape}, "
-         f"{mode} ({tiles}), bandwidth {info['bandwidth']:.3g}, "
+         f"{mode} ({tiles}), bandwidth {info['bandwidth']:.3g}{scale}, "
          f"scope {args.scope}; predict {t['predict']:.1f} s, cluster {t['cluster']:.1f} s")
     return 0
 

@@ -27,10 +27,16 @@ from typing import Any
 import numpy as np
 
 from ..errors import Cancelled, NSEError, is_cancelled
+from ..geometry import object_diameter
 from ..labels import check_labels, instance_ids, instance_sizes, remove_relative, remove_small
 from ..model import ModelConfig, UNet
 from ..options import CALIBRATION_KEYS as SETTING_KEYS
-from ..options import check_fraction, check_spatial_radius, model_coord_scale
+from ..options import (
+    check_fraction,
+    check_off_or_positive,
+    check_spatial_radius,
+    model_coord_scale,
+)
 
 #: keys of ``model.config.extra`` written by :meth:`Calibration.apply`: the settings that
 #: ``ClusterOptions.resolve`` reads, and the record
@@ -42,6 +48,12 @@ FG_THRESHOLDS = (0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 RELATIVE_MIN_SIZES = (0.0, 0.1, 0.2, 0.3)
 #: spatial radii tried besides 0, as multiples of the median annotated object diameter
 SPATIAL_FACTORS = (0.5, 0.75, 1.0, 1.5)
+#: relative bandwidths tried for models with coordinates (fractions of the embedding span of
+#: an object of each image's median diameter: :mod:`..clustering.scale`)
+RELATIVE_BANDWIDTHS = (0.1, 0.125, 0.15, 0.175, 0.2, 0.225, 0.25, 0.3, 0.35, 0.4)
+#: a relative bandwidth is kept only when it beats the best fixed one by more than this
+#: mean AP@0.5: on images of one object size the two are the same clustering
+RELATIVE_GAIN = 0.02
 DEFAULT_FG = 0.5
 #: settings within this much AP@0.5 of the best count as tied, and the widest bandwidth
 #: among them wins (their middle one when they reach the grid's end): a model clusters the
@@ -78,6 +90,7 @@ def default_grid(config: ModelConfig, labels: Sequence[np.ndarray] = ()) -> dict
     sizes = [s for lab in labels for s in instance_sizes(np.asarray(lab)).values()]
     min_sizes = {0, ms0}
     radii = [0.0]
+    relative = list(RELATIVE_BANDWIDTHS) if model_coord_scale(config) else []
     if sizes:
         small = float(np.percentile(sizes, 10))
         min_sizes |= {int(small * f) for f in (0.25, 0.5)}
@@ -88,14 +101,8 @@ def default_grid(config: ModelConfig, labels: Sequence[np.ndarray] = ()) -> dict
             "fg_threshold": list(FG_THRESHOLDS),
             "min_size": sorted(min_sizes),
             "relative_min_size": list(RELATIVE_MIN_SIZES),
-            "spatial_radius": radii}
-
-
-def object_diameter(size: float, ndim: int) -> float:
-    """The diameter of a disk (2D) or ball (3D) of ``size`` pixels."""
-    if ndim == 2:
-        return 2.0 * math.sqrt(size / math.pi)
-    return 2.0 * (3.0 * size / (4.0 * math.pi)) ** (1.0 / 3.0)
+            "spatial_radius": radii,
+            "relative_bandwidth": relative}
 
 
 @dataclass
@@ -110,6 +117,9 @@ class Calibration:
     training: ``TrainConfig.refit``);
     ``scores`` holds every grid point as ``{"bandwidth", "fg_threshold", "min_size",
     "relative_min_size", "spatial_radius", "ap"}``; ``data`` says which images were used.
+    ``relative_bandwidth`` (0: off) is the relative bandwidth chosen at the best fixed
+    point's other settings, ``relative_scores`` its grid as ``{"relative_bandwidth",
+    "ap"}`` and ``fixed_ap`` the best fixed point's AP (``ap`` is then the relative one's).
     """
 
     bandwidth: float
@@ -130,6 +140,9 @@ class Calibration:
     heldout_ap: float | None = None
     tolerance: float = 0.0
     heldout_iteration: int | None = None
+    relative_bandwidth: float = 0.0
+    relative_scores: list[dict] = field(default_factory=list)
+    fixed_ap: float | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -154,7 +167,10 @@ class Calibration:
         rel = (f" and {self.relative_min_size:.2g} x the median size"
                if self.relative_min_size else "")
         radius = f", spatial radius {self.spatial_radius:.3g} px" if self.spatial_radius else ""
-        return (f"bandwidth {self.bandwidth:.3g}, foreground threshold {self.fg_threshold:.2g}, "
+        scale = (f" ({self.relative_bandwidth:.3g} x the median object's span; "
+                 f"{self.bandwidth:.3g} finds that object)" if self.relative_bandwidth else "")
+        return (f"bandwidth {self.bandwidth:.3g}{scale}, foreground threshold "
+                f"{self.fg_threshold:.2g}, "
                 f"min size {self.min_size}{rel}{radius}")
 
     @classmethod
@@ -168,6 +184,7 @@ class Calibration:
             "bandwidth": float(self.bandwidth), "fg_threshold": float(self.fg_threshold),
             "min_size": int(self.min_size), "spatial_radius": float(self.spatial_radius),
             "relative_min_size": float(self.relative_min_size),
+            "relative_bandwidth": float(self.relative_bandwidth),
             "calibration": self.to_dict(),
         }
         return model
@@ -254,6 +271,7 @@ def calibrate(
     min_sizes: Sequence[int] | None = None,
     relative_min_sizes: Sequence[float] | None = None,
     spatial_radii: Sequence[float] | None = None,
+    relative_bandwidths: Sequence[float] | None = None,
     ignore_index: int | None = None,
     mode: str = "correct",
     tile: Any = None,
@@ -279,6 +297,12 @@ def calibrate(
         The grid (``None``: :func:`default_grid`). Every minimum size and relative minimum
         size is scored at every clustering (filters after it, no extra cost).
         ``spatial_radii`` and ``relative_min_sizes`` always include 0.
+    relative_bandwidths
+        For a model with coordinates and no spatial radius chosen: after the search, each
+        image's median object diameter is found at the best point (as ``segment`` finds
+        it), and these relative bandwidths are tried there
+        (:data:`RELATIVE_BANDWIDTHS`; ``[]``: none). The best is kept when it beats the
+        fixed bandwidth by more than :data:`RELATIVE_GAIN`.
     search
         ``"coordinate"`` (default): bandwidths at threshold 0.5, thresholds at the best
         bandwidth, bandwidths again at the best threshold, then bandwidths at every other
@@ -316,6 +340,14 @@ def calibrate(
     config = model.config
     grid = default_grid(config, [np.where(g == ignore_index, 0, g) if ignore_index is not None
                                  else g for g in gts])
+    if relative_bandwidths is not None:
+        rb = sorted({check_off_or_positive(v, "relative bandwidth") for v in relative_bandwidths})
+        if any(v == 0 for v in rb):
+            raise NSEError("relative bandwidths must be positive (leave them out for none)")
+        if rb and not model_coord_scale(config):
+            raise NSEError("relative bandwidths need a model trained with coordinates "
+                           "(coord_scale > 0)")
+        grid["relative_bandwidth"] = rb
     for key, given in (("bandwidth", bandwidths), ("fg_threshold", fg_thresholds),
                        ("min_size", min_sizes), ("relative_min_size", relative_min_sizes),
                        ("spatial_radius", spatial_radii)):
@@ -345,7 +377,8 @@ def calibrate(
     n_points = len(bws) * len(fgs) * len(radii) if search == "full" else (
         2 * len(bws) + len(fgs) - 2 + (len(radii) - 1) * len(bws)
         + (len(fgs) - 1 if len(radii) > 1 else 0))
-    total = len(images) * (1 + n_points)
+    n_relative = len(grid["relative_bandwidth"])
+    total = len(images) * (1 + n_points + (n_relative + 1 if n_relative else 0))
     done = 0
 
     def step(n: int = 1) -> None:
@@ -420,19 +453,65 @@ def calibrate(
             if r > 0:
                 for v in fgs:
                     point(b, v, r)
-    step(total)
+    step(max(0, len(images) * (1 + n_points) - done))
     scores = [{"bandwidth": b, "fg_threshold": t, "spatial_radius": r, "min_size": m,
                "relative_min_size": f, "ap": ap} for (b, t, r, m, f), ap in table.items()]
     best = _pick(scores, ms0, tolerance)
     default = _nearest(scores, b0, DEFAULT_FG, ms0)
+    relative, rel_scores, rel_ap = 0.0, [], float(best["ap"])
+    in_time = time_limit is None or time.perf_counter() - t0 <= time_limit
+    if n_relative and best["spatial_radius"] == 0 and complete and in_time:
+        rel_scores = _relative_scores(preds, gts, config, best, grid["relative_bandwidth"],
+                                      dev, ignore_index, step)
+        top_ap = max(s["ap"] for s in rel_scores)
+        tied = [s for s in rel_scores if s["ap"] >= top_ap - 1e-9]
+        top = tied[(len(tied) - 1) // 2]  # the middle of a plateau
+        if top["ap"] > best["ap"] + RELATIVE_GAIN:
+            relative, rel_ap = float(top["relative_bandwidth"]), float(top["ap"])
+    step(total)
     return Calibration(
         bandwidth=float(best["bandwidth"]), fg_threshold=float(best["fg_threshold"]),
-        min_size=int(best["min_size"]), ap=float(best["ap"]),
+        min_size=int(best["min_size"]), ap=rel_ap,
+        relative_bandwidth=relative, relative_scores=rel_scores,
+        fixed_ap=float(best["ap"]) if rel_scores else None,
         spatial_radius=float(best["spatial_radius"]),
         relative_min_size=float(best["relative_min_size"]),
         default_ap=float(default["ap"]), grid=grid, scores=scores, data=data,
         n_images=len(images), n_instances=int(n_inst), seconds=time.perf_counter() - t0,
         search=search, complete=complete, tolerance=float(tolerance))
+
+
+def _relative_scores(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray],
+                     config: ModelConfig, best: dict, relatives: Sequence[float], device: str,
+                     ignore_index: int | None, step: Callable[[], None]) -> list[dict]:
+    """Mean AP@0.5 at each relative bandwidth, the other settings those of ``best``: each
+    image's diameter found at ``best`` on its central sample, as ``segment`` does."""
+    from ..clustering.scale import sample_roi, scaled_bandwidth
+    from ..options import ClusterOptions
+    from ..segment import sample_bandwidth
+
+    s = model_coord_scale(config)
+    t, m, f = best["fg_threshold"], best["min_size"], best["relative_min_size"]
+    found = ClusterOptions(bandwidth=best["bandwidth"], fg_threshold=t, min_size=m,
+                           relative_min_size=f, spatial_radius=0.0, coord_scale=s,
+                           relative_bandwidth=1.0)
+    diameters = []
+    for pred in preds:
+        spatial = pred.shape[1:]
+        roi = sample_roi(spatial)
+        diameters.append(sample_bandwidth(pred[(slice(None), *roi.to_slices())], roi,
+                                          spatial, found, device=device)[1])
+        step()
+    out = []
+    for r in relatives:
+        aps = []
+        for pred, gt, d in zip(preds, gts, diameters):
+            b = scaled_bandwidth(r, s, d) if d else best["bandwidth"]
+            kept = remove_small(_cluster(pred, config, b, t, device), m)
+            aps.append(ap50(gt, remove_relative(kept, f)[0], ignore_index))
+            step()
+        out.append({"relative_bandwidth": float(r), "ap": float(np.mean(aps))})
+    return out
 
 
 def _nearest(scores: list[dict], b: float, t: float, m: int) -> dict:
