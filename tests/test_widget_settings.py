@@ -217,6 +217,8 @@ def test_clustering_field_auto_and_set(make_napari_viewer, qtbot, field, calibra
     job = w.run()
     qtbot.waitUntil(lambda: not job.running, timeout=60_000)
     assert w.last_result.info[field] == pytest.approx(mine)
+    if field == "relative_bandwidth":  # the status line says what it gave
+        assert f"bandwidth {w.last_result.info['bandwidth']:.3g}" in w.status.value
     api = segment(model, image, "correct", 16, device="cpu", **{field: mine})
     np.testing.assert_array_equal(viewer.layers["disks labels [correct 16]"].data, api.labels)
 

@@ -57,7 +57,8 @@ class ResultViews:
             self.view.visible = False
         self.status.value = "\n".join(
             f"{m}: {r.info.get('n_instances', '?')} objects · {r.info.get('n_tiles')} tiles · "
-            f"{(r.info.get('times') or {}).get('total', 0):.1f} s" for m, r in runs.items())
+            f"{(r.info.get('times') or {}).get('total', 0):.1f} s{_scale(r.info)}"
+            for m, r in runs.items())
         self.made = made
         self.last_result = result
 
@@ -158,3 +159,10 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     return value
+
+
+def _scale(info: dict) -> str:
+    """The bandwidth a relative bandwidth gave, for the status line ('' without one)."""
+    if not info.get("diameter"):
+        return ""
+    return f" · bandwidth {info['bandwidth']:.3g} ({info['diameter']:.0f} px objects)"
