@@ -157,26 +157,24 @@ def fix_bandwidth(prediction: np.ndarray, ndim: int, cluster: ClusterOptions, *,
     ``prediction`` ``(E + 1, *leading, *spatial)``, from its central sample, and the median
     object diameter found there (``None`` without a relative bandwidth or objects). Clustering
     other predictions with the result uses the same bandwidth for all (``compare``)."""
-    if not cluster.relative_bandwidth:
-        return cluster, None
     spatial = prediction.shape[prediction.ndim - ndim:]
     roi = sample_roi(spatial)
     plane = sample_plane(prediction.shape[1 : prediction.ndim - ndim])
-    bw, diameter = sample_bandwidth(prediction[(slice(None), *plane, *roi.to_slices())], roi,
-                                    spatial, cluster, device=device)
-    return cluster.replace(bandwidth=bw, relative_bandwidth=0.0), diameter
+    return fix_bandwidth_from_sample(prediction[(slice(None), *plane, *roi.to_slices())], roi,
+                                     spatial, cluster, device=device)
 
 
-def sample_bandwidth(sample: np.ndarray, roi: Roi, spatial_shape: Sequence[int],
-                     cluster: ClusterOptions, *, device: str = "auto"
-                     ) -> tuple[float, float | None]:
-    """The bandwidth of ``cluster`` (resolved) for an image whose central sample ``roi``
+def fix_bandwidth_from_sample(sample: np.ndarray, roi: Roi, spatial_shape: Sequence[int],
+                              cluster: ClusterOptions, *, device: str = "auto"
+                              ) -> tuple[ClusterOptions, float | None]:
+    """:func:`fix_bandwidth` for an image whose central sample ``roi``
     (:func:`~.clustering.scale.sample_roi`) has the network output ``sample``: with a
-    relative bandwidth, ``(relative x coord_scale x D, D)`` where ``D`` is the median object
-    diameter of the sample clustered at the fixed bandwidth; else, or without objects there,
-    ``(bandwidth, None)``."""
+    relative bandwidth, the bandwidth becomes ``relative x coord_scale x D``, ``D`` the median
+    object diameter of the sample clustered at the fixed bandwidth (returned too); without
+    one, or without objects there, the fixed bandwidth stays (``D`` is ``None``). The
+    relative bandwidth is 0 in the options returned."""
     if not cluster.relative_bandwidth:
-        return float(cluster.bandwidth), None
+        return cluster, None
     if not cluster.coord_scale:
         raise NSEError("a relative bandwidth needs a model trained with coordinates "
                        "(coord_scale > 0); give a bandwidth instead")
@@ -186,9 +184,9 @@ def sample_bandwidth(sample: np.ndarray, roi: Roi, spatial_shape: Sequence[int],
         labels, _ = instances_from_prediction(sample, ndim, cluster.replace(
             relative_bandwidth=0.0), device=device)
     diameter = median_diameter(labels, roi, spatial_shape)
-    if diameter is None:
-        return float(cluster.bandwidth), None
-    return scaled_bandwidth(cluster.relative_bandwidth, cluster.coord_scale, diameter), diameter
+    bw = cluster.bandwidth if diameter is None else scaled_bandwidth(
+        cluster.relative_bandwidth, cluster.coord_scale, diameter)
+    return cluster.replace(bandwidth=bw, relative_bandwidth=0.0), diameter
 
 
 @dataclass(frozen=True)

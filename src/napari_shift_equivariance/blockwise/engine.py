@@ -53,7 +53,7 @@ from ..labels import relative_size_threshold
 from ..model import UNet, load_model
 from ..options import ClusterOptions, cluster_options
 from ..predict import AxisLayout, Predictor, auto_batch_size, axis_layout
-from ..segment import sample_bandwidth
+from ..segment import fix_bandwidth_from_sample
 from ..tiling import Tile
 from .merge import merge_placeholders
 from .plan import Block, BlockPlan, plan_blocks
@@ -230,16 +230,14 @@ def _scale_bandwidth(opts: ClusterOptions, predictor: Predictor, plan: BlockPlan
         return opts, None
     spatial = tuple(plan.spatial)
     roi = sample_roi(spatial)
-    t = plan.tiles.tile_shape
-    begin = Coordinate(b // k * k for b, k in zip(roi.begin, t))
-    end = Coordinate(min(-(-e // k) * k, s) for e, k, s in zip(roi.end, t, spatial))
-    hull = Roi(begin, end - begin)
     lead = sample_plane(plan.leading)
-    cover = plan.tiles_of(Block(-1, (), lead, hull, hull))
+    cover = plan.tiles_of(Block(-1, (), lead, roi, roi))
+    begin = Coordinate(min(v) for v in zip(*(t.output_roi.begin for t in cover)))
+    end = Coordinate(max(v) for v in zip(*(t.output_roi.end for t in cover)))
+    hull = Roi(begin, end - begin)  # the whole tiles under the sample
     y = _predict_tiles(predictor, cover, image, layout, lead, norm, hull, batch_size)
     sample = y[(slice(None), *roi.to_slices(hull.begin))]
-    bw, diameter = sample_bandwidth(sample, roi, spatial, opts, device=device)
-    return opts.replace(bandwidth=bw, relative_bandwidth=0.0), diameter
+    return fix_bandwidth_from_sample(sample, roi, spatial, opts, device=device)
 
 
 def _write(array: Any, index: tuple, data: np.ndarray, path: str) -> None:

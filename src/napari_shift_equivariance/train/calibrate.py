@@ -486,9 +486,9 @@ def _relative_scores(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray],
                      ignore_index: int | None, step: Callable[[], None]) -> list[dict]:
     """Mean AP@0.5 at each relative bandwidth, the other settings those of ``best``: each
     image's diameter found at ``best`` on its central sample, as ``segment`` does."""
-    from ..clustering.scale import sample_roi, scaled_bandwidth
+    from ..clustering.scale import scaled_bandwidth
     from ..options import ClusterOptions
-    from ..segment import sample_bandwidth
+    from ..segment import fix_bandwidth
 
     s = model_coord_scale(config)
     t, m, f = best["fg_threshold"], best["min_size"], best["relative_min_size"]
@@ -497,10 +497,7 @@ def _relative_scores(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray],
                            relative_bandwidth=1.0)
     diameters = []
     for pred in preds:
-        spatial = pred.shape[1:]
-        roi = sample_roi(spatial)
-        diameters.append(sample_bandwidth(pred[(slice(None), *roi.to_slices())], roi,
-                                          spatial, found, device=device)[1])
+        diameters.append(fix_bandwidth(pred, config.ndim, found, device=device)[1])
         step()
     out = []
     for r in relatives:
