@@ -169,6 +169,15 @@ def test_relative_bandwidth_blockwise_equals_in_memory(tmp_path, monkeypatch):
     image = _nuclei((64, 72))
     # random weights: the positions dominate, patches of a few pixels at bandwidth 1
     kw = {**_options(model, image), "bandwidth": 1.0, "relative_bandwidth": 0.5}
+    # the sample's tiles come first, as their own cancellable stage, before any store
+    seen = []
+    with pytest.raises(Cancelled):
+        for ev in run_blockwise(model, image, tmp_path / "c.zarr", block=16, tile=8,
+                                batch_size=2, cancel=lambda: len(seen) >= 2, **kw):
+            seen.append(ev)
+    assert [(ev.stage, ev.done) for ev in seen] == [("scale", 0), ("scale", 2)]
+    assert seen[0].total > 2  # cancelled between its tile batches
+    assert not list(tmp_path.iterdir())  # nothing written
     ref = segment(model, image, "correct", 8, **kw)
     assert ref.info["diameter"] > 0 and ref.info["bandwidth"] != kw["bandwidth"]
     assert ref.n_instances > 100
@@ -177,6 +186,10 @@ def test_relative_bandwidth_blockwise_equals_in_memory(tmp_path, monkeypatch):
     assert res.info["diameter"] == ref.info["diameter"]
     assert res.info["relative_bandwidth"] == 0.5
     assert same_partition(zarr.open_array(str(tmp_path / "l.zarr"))[:], ref.labels)
+    stages = [ev.stage for ev in run_blockwise(model, image, tmp_path / "m.zarr", block=16,
+                                               tile=8, **kw)]
+    n = stages.count("scale")
+    assert n >= 2 and stages[:n] == ["scale"] * n  # before every other stage
     # resumed, it finds the same bandwidth again and sees the run complete
     again = segment_blockwise(model, image, tmp_path / "l.zarr", block=16, tile=8,
                               resume=True, **kw)

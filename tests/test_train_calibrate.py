@@ -328,3 +328,45 @@ def test_calibration_picks_a_relative_bandwidth_when_the_images_objects_differ_i
     assert not calibrate(plain, [g1], [g1], predictions=[p1], device="cpu").relative_scores
     with pytest.raises(NSEError, match="coordinates"):
         calibrate(plain, [g1], [g1], predictions=[p1], relative_bandwidths=[0.2])
+
+
+@pytest.mark.parametrize("stop_after", [0, 1, 3])
+def test_calibration_time_limit_also_stops_the_relative_bandwidths(monkeypatch, stop_after):
+    # a clock that stands still through the search and jumps past the limit once
+    # ``stop_after`` relative bandwidths have been scored
+    import importlib
+    import types
+
+    from test_segment import COORD, _coord_scene
+
+    cal_mod = importlib.import_module("napari_shift_equivariance.train.calibrate")
+
+    model = tiny_model()
+    model.config.loss = {**model.config.loss, "coord_scale": COORD}
+    (g1, p1), (g2, p2) = _coord_scene(6), _coord_scene(24)
+    kw = {"predictions": [p1, p2], "device": "cpu", "min_sizes": [0],
+          "relative_min_sizes": [0]}
+    full = calibrate(model, [g1, g2], [g1, g2], **kw)
+    n_rel = len(full.grid["relative_bandwidth"])
+    seen = {"done": 0, "total": None}
+
+    def progress(done, total):
+        seen.update(done=done, total=total)
+
+    def now():
+        # the relative stage is the last steps: one per image for the diameters, then one
+        # per image and relative bandwidth
+        if seen["total"] is None:
+            return 0.0
+        start = seen["total"] - 2 * (n_rel + 1)
+        scored = max(0, (seen["done"] - start - 2) // 2)
+        return 1e9 if seen["done"] >= start and scored >= stop_after else 0.0
+
+    monkeypatch.setattr(cal_mod, "time", types.SimpleNamespace(perf_counter=now))
+    cut = calibrate(model, [g1, g2], [g1, g2], time_limit=10.0, progress=progress, **kw)
+    assert cut.scores == full.scores  # the search itself was in time
+    assert not cut.complete
+    assert cut.relative_scores == full.relative_scores[:stop_after]
+    if stop_after == 0:
+        assert cut.relative_bandwidth == 0.0 and cut.fixed_ap is None
+    assert full.complete and len(full.relative_scores) == len(full.grid["relative_bandwidth"])

@@ -154,7 +154,8 @@ def start_blockwise(dock: Any, model: Any, layer: Any, inp: ImageInput) -> Job:
                 state["showing"] = want
         if stage in ("predict", "write") and state["layer"] is not None:
             state["layer"].refresh()
-        what = {"predict": "predict + label", "merge": "merge block faces",
+        what = {"scale": "find the objects' size", "predict": "predict + label",
+                "merge": "merge block faces",
                 "cluster": "cluster crossing objects", "write": "write labels"}.get(stage,
                                                                                     stage)
         dock.status.value = f"blockwise {what}: {n}/{total}" + (

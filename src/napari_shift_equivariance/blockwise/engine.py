@@ -29,7 +29,7 @@ import dataclasses
 import functools
 import hashlib
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,8 +65,9 @@ STAGES = {"segment": ("predict", "merge", "cluster", "write"), "predict": ("pred
 
 @dataclass(frozen=True)
 class BlockEvent:
-    """Progress of a blockwise run: ``done`` of ``total`` tasks of ``stage`` (one of
-    ``predict``, ``merge``, ``cluster``, ``write``, then ``done``). ``block`` is the block
+    """Progress of a blockwise run: ``done`` of ``total`` tasks of ``stage``, one of
+    ``scale`` (with a relative bandwidth only: the tiles under the central sample that set
+    it), ``predict``, ``merge``, ``cluster``, ``write``, then ``done``. ``block`` is the block
     just finished (``None`` for stage-level events); ``path`` the store being written (open
     it to show blocks as they land: ``array`` is the zarr array the labels or prediction go
     to); the last event (``stage == "done"``) has ``result``."""
@@ -210,6 +211,16 @@ def _predict_tiles(pred: Predictor, tiles: Sequence[Tile], image: Any, layout: A
     """``(E + 1, *roi.shape)``: the output of the whole-image plan's ``tiles`` that partition
     ``roi`` of plane ``lead``."""
     out = np.empty((pred.config.out_channels, *roi.shape), np.float32)
+    for _ in _fill_tiles(out, pred, tiles, image, layout, lead, norm, roi, batch_size):
+        pass
+    return out
+
+
+def _fill_tiles(out: np.ndarray, pred: Predictor, tiles: Sequence[Tile], image: Any,
+                layout: Any, lead: tuple[int, ...], norm: Any, roi: Roi, batch_size: int
+                ) -> Iterator[int]:
+    """Write the output of ``tiles`` into ``out`` (over ``roi``), yielding the number of
+    tiles done after each batch."""
     for i in range(0, len(tiles), batch_size):
         batch = tiles[i : i + batch_size]
         # the predictor's own read and forward steps, on these tiles only
@@ -217,15 +228,16 @@ def _predict_tiles(pred: Predictor, tiles: Sequence[Tile], image: Any, layout: A
         for t, yt in zip(batch, y):
             out[(slice(None), *t.output_roi.to_slices(roi.begin))] = yt[
                 (slice(None), *t.crop.to_slices())]
-    return out
+        yield i + len(batch)
 
 
 def _scale_bandwidth(opts: ClusterOptions, predictor: Predictor, plan: BlockPlan, image: Any,
-                     layout: Any, norm: Any, batch_size: int, device: str
-                     ) -> tuple[ClusterOptions, float | None]:
+                     layout: Any, norm: Any, batch_size: int, device: str, cancel: Any
+                     ) -> Generator[BlockEvent, None, tuple[ClusterOptions, float | None]]:
     """A relative bandwidth made absolute from the image's central sample
     (:mod:`..clustering.scale`), predicted from the same tiles as in memory, so the run
-    clusters at the bandwidth ``segment`` would use."""
+    clusters at the bandwidth ``segment`` would use. Yields ``scale`` events per tile batch
+    (``cancel`` polled between them); returns the options and the diameter found."""
     if not opts.relative_bandwidth:
         return opts, None
     spatial = tuple(plan.spatial)
@@ -235,7 +247,12 @@ def _scale_bandwidth(opts: ClusterOptions, predictor: Predictor, plan: BlockPlan
     begin = Coordinate(min(v) for v in zip(*(t.output_roi.begin for t in cover)))
     end = Coordinate(max(v) for v in zip(*(t.output_roi.end for t in cover)))
     hull = Roi(begin, end - begin)  # the whole tiles under the sample
-    y = _predict_tiles(predictor, cover, image, layout, lead, norm, hull, batch_size)
+    y = np.empty((predictor.config.out_channels, *hull.shape), np.float32)
+    yield BlockEvent("scale", 0, len(cover))
+    for n in _fill_tiles(y, predictor, cover, image, layout, lead, norm, hull, batch_size):
+        if is_cancelled(cancel):
+            raise Cancelled("blockwise run cancelled")
+        yield BlockEvent("scale", n, len(cover))
     sample = y[(slice(None), *roi.to_slices(hull.begin))]
     return fix_bandwidth_from_sample(sample, roi, spatial, opts, device=device)
 
@@ -542,8 +559,8 @@ def run_blockwise(
                             ) if kind == "segment" else None
     relative, diameter = (opts.relative_bandwidth or 0.0) if opts else 0.0, None
     if opts is not None:
-        opts, diameter = _scale_bandwidth(opts, predictor, plan, arr, layout, norm, bs,
-                                          str(predictor.device))
+        opts, diameter = yield from _scale_bandwidth(opts, predictor, plan, arr, layout,
+                                                     norm, bs, str(predictor.device), cancel)
     mkey = model_key(model)
     manifest = {
         "kind": kind, "image_shape": list(arr.shape), "image_dtype": str(arr.dtype),

@@ -316,7 +316,9 @@ def calibrate(
         them (:data:`WIDE_TOLERANCE`; 0: the best alone).
     time_limit
         Seconds for the whole call: the search stops when they are spent (after at least
-        the first clustering) and keeps the best found (``complete`` is then False).
+        the first clustering) and keeps the best found, and the relative bandwidths after
+        it stop before the next one, keeping the fixed bandwidth when none of those tried
+        beats it (``complete`` is then False).
     predictions
         Network outputs of ``images`` if already computed (``(E + 1, *spatial)`` each).
     data
@@ -459,14 +461,18 @@ def calibrate(
     best = _pick(scores, ms0, tolerance)
     default = _nearest(scores, b0, DEFAULT_FG, ms0)
     relative, rel_scores, rel_ap = 0.0, [], float(best["ap"])
-    in_time = time_limit is None or time.perf_counter() - t0 <= time_limit
-    if n_relative and best["spatial_radius"] == 0 and complete and in_time:
+
+    def late() -> bool:
+        return time_limit is not None and time.perf_counter() - t0 > time_limit
+
+    if n_relative and best["spatial_radius"] == 0 and complete:
         rel_scores = _relative_scores(preds, gts, config, best, grid["relative_bandwidth"],
-                                      dev, ignore_index, step)
-        top_ap = max(s["ap"] for s in rel_scores)
+                                      dev, ignore_index, step, late)
+        complete = len(rel_scores) == n_relative
+        top_ap = max((s["ap"] for s in rel_scores), default=-1.0)
         tied = [s for s in rel_scores if s["ap"] >= top_ap - 1e-9]
-        top = tied[(len(tied) - 1) // 2]  # the middle of a plateau
-        if top["ap"] > best["ap"] + RELATIVE_GAIN:
+        top = tied[(len(tied) - 1) // 2] if tied else None  # the middle of a plateau
+        if top is not None and top["ap"] > best["ap"] + RELATIVE_GAIN:
             relative, rel_ap = float(top["relative_bandwidth"]), float(top["ap"])
     step(total)
     return Calibration(
@@ -483,9 +489,11 @@ def calibrate(
 
 def _relative_scores(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray],
                      config: ModelConfig, best: dict, relatives: Sequence[float], device: str,
-                     ignore_index: int | None, step: Callable[[], None]) -> list[dict]:
+                     ignore_index: int | None, step: Callable[[], None],
+                     late: Callable[[], bool]) -> list[dict]:
     """Mean AP@0.5 at each relative bandwidth, the other settings those of ``best``: each
-    image's diameter found at ``best`` on its central sample, as ``segment`` does."""
+    image's diameter found at ``best`` on its central sample, as ``segment`` does. Stops
+    before the next relative bandwidth once ``late()``: the scores of those tried."""
     from ..clustering.scale import scaled_bandwidth
     from ..options import ClusterOptions
     from ..segment import fix_bandwidth
@@ -495,12 +503,16 @@ def _relative_scores(preds: Sequence[np.ndarray], gts: Sequence[np.ndarray],
     found = ClusterOptions(bandwidth=best["bandwidth"], fg_threshold=t, min_size=m,
                            relative_min_size=f, spatial_radius=0.0, coord_scale=s,
                            relative_bandwidth=1.0)
+    if late():
+        return []
     diameters = []
     for pred in preds:
         diameters.append(fix_bandwidth(pred, config.ndim, found, device=device)[1])
         step()
-    out = []
+    out: list[dict] = []
     for r in relatives:
+        if late():
+            break
         aps = []
         for pred, gt, d in zip(preds, gts, diameters):
             b = scaled_bandwidth(r, s, d) if d else best["bandwidth"]
