@@ -11,7 +11,8 @@ calibration's 5000+; ``--images N``: seeds 900 to 900 + N - 1). Each prediction 
 clustered on a grid of bandwidth x foreground threshold at the model's calibrated minimum
 size (10 for the shipped default), and filtered again by a size relative to the image's own
 objects: instances smaller than ``rel`` x the median instance size are dropped. One line per
-setting, best real score first: real AP@0.5, the mean over the generated styles, then each style.
+setting, best real score first: real AP@0.5, the mean over the generated styles, then each style;
+above them, the same at the model's own settings (what ``segment`` uses).
 
 ``--stability`` tries a label-free choice per image: cluster at each bandwidth of
 :data:`LADDER` (threshold 0.5, relative size 0.3), score each inner bandwidth by the AP@0.5
@@ -187,6 +188,12 @@ def main() -> None:
             gt = np.mean([float((g > 0).mean()) for _, g in runs])
             print(f"{name}: foreground > 0.5 covers {fg:.3f} of the pixels, the annotations "
                   f"{gt:.3f}")
+        own = {name: pool([evaluate(g, r.labels) for r, g in runs]).ap50
+               for name, runs in preds.items()}
+        opts = ClusterOptions().resolve(model.config)
+        print(_line(own, f"the model's own settings (bw {opts.bandwidth:.3g}, fg "
+                         f"{opts.fg_threshold:.2g}, rel {opts.relative_min_size:.2g}, "
+                         f"relative bw {opts.relative_bandwidth or 0:.2g})")[1])
         search = adaptive if args.size_adaptive else stability if args.stability else fixed
         lines = search(model, preds, min_size)
     for _, line in sorted(lines, key=lambda t: -t[0]):

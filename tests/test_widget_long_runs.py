@@ -130,6 +130,34 @@ def test_large_layer_is_segmented_blockwise_into_a_lazy_layer(make_napari_viewer
     assert ui_reads and max(ui_reads) <= image[0].size
 
 
+def test_blockwise_relative_bandwidth_reports_its_scale_stage(make_napari_viewer, qtbot,
+                                                             tmp_path, monkeypatch):
+    # a relative bandwidth: the tiles under the central sample are predicted first, with
+    # their own progress, and the run clusters at the bandwidth segment finds
+    from napari_shift_equivariance._widgets import _long_runs
+
+    model = tiny_model()
+    model.config.loss = {**model.config.loss, "coord_scale": 0.35}
+    viewer, w = open_dock(make_napari_viewer, model)
+    image = stack_image(planes=1, size=96)[0]
+    viewer.add_image(image, name="stack")
+    w.blockwise.value = "always"
+    w.stitch.value, w.tile.value, w.block.value = "correct", 16, 32
+    w.relative_bandwidth.value = 0.5
+    bar = Recorder(viewer)
+    monkeypatch.setattr(_long_runs, "activity_progress", lambda *a: bar)
+    w.store.value = out = tmp_path / "labels.zarr"
+    wait(qtbot, w.run())
+    stages = [desc for desc, *_ in bar.log]
+    n = stages.count("blockwise: find the objects' size")
+    assert n >= 1 and stages[:n] == ["blockwise: find the objects' size"] * n
+    assert "blockwise: predict + label" in stages[n:]
+    api = segment(model, image, "correct", 16, device="cpu", min_size=0,
+                  relative_bandwidth=0.5)
+    assert w.last_result.info["bandwidth"] == api.info["bandwidth"]
+    assert same_partition(np.asarray(read_image(out, lazy=False)), api.labels)
+
+
 def test_blockwise_cancel_keeps_blocks_and_resumes(make_napari_viewer, qtbot, tmp_path):
     model = tiny_model(seed=2)
     viewer, w = open_dock(make_napari_viewer, model)
