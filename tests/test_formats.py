@@ -53,6 +53,18 @@ def test_ome_tiff_axes_scale_channels(ome_tiff):
     assert spatial_scale(meta, 2) == pytest.approx((0.325, 0.325))
 
 
+def test_ome_tiff_reads_without_the_readers_own_warnings(ome_tiff):
+    # bioio-ome-tiff warns about its ome-types call on every file: not the user's business
+    import warnings
+
+    path, data = ome_tiff
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        arr, meta = open_image(path, lazy=False)
+    np.testing.assert_array_equal(arr, data[0])
+    assert meta["channel_names"] == ["dapi", "gfp"]
+
+
 def test_ome_tiff_scene_choice(ome_tiff):
     path, data = ome_tiff
     second = read_image(path, scene=1, channel="dapi", lazy=False)

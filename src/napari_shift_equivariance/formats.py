@@ -14,7 +14,10 @@ size per axis, 1.0 where unknown), ``units`` (axis -> unit), ``format``, ``scene
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -88,6 +91,20 @@ def bioio_reader(path: str | os.PathLike, fmt: str) -> Any:
     return plugin.Reader
 
 
+#: warnings that reader plugins raise about their own dependencies, never about the file
+#: (bioio-ome-tiff passes ome-types a ``parser`` argument that ome-types 0.4+ ignores)
+READER_NOISE = (r"As of version 0\.4\.0, the parser argument is ignored",)
+
+
+@contextlib.contextmanager
+def _quiet_readers() -> Iterator[None]:
+    """Hide :data:`READER_NOISE` while a reader plugin parses a file (restored after)."""
+    with warnings.catch_warnings():
+        for message in READER_NOISE:
+            warnings.filterwarnings("ignore", message=message)
+        yield
+
+
 def _bioimage(path: Path, fmt: str) -> Any:
     from bioio import BioImage
 
@@ -116,8 +133,12 @@ def read_bioimage(path: str | os.PathLike, scene: int | str | None = None,
     Axes come in bioio's order (``TCZYX``, plus any extra axis of the reader) with every
     length-1 axis except Y and X dropped; a chosen channel drops the C axis.
     """
-    path = Path(path)
-    fmt = fmt or format_of(path)
+    with _quiet_readers():
+        return _read_bioimage(Path(path), scene, channel, level, fmt or format_of(path))
+
+
+def _read_bioimage(path: Path, scene: int | str | None, channel: int | str | None,
+                   level: int, fmt: str) -> tuple[Any, dict]:
     img = _bioimage(path, fmt)
     scenes = [str(s) for s in img.scenes]
     if scene is not None:
