@@ -406,12 +406,15 @@ def calibrate(
     table: dict[tuple[float, float, float, int, float], float] = {}
     complete = True
 
+    def late() -> bool:
+        return time_limit is not None and time.perf_counter() - t0 > time_limit
+
     def point(b: float, t: float, r: float = 0.0) -> float:
         """Score ``(b, t, r)`` at every (relative) minimum size; the best of them (-1 once
         out of time)."""
         nonlocal complete
         if (b, t, r, mss[0], rels[0]) not in table:
-            if table and time_limit is not None and time.perf_counter() - t0 > time_limit:
+            if table and late():
                 complete = False
                 return -1.0
             aps: dict[tuple[int, float], list[float]] = {(m, f): [] for m in mss for f in rels}
@@ -461,10 +464,6 @@ def calibrate(
     best = _pick(scores, ms0, tolerance)
     default = _nearest(scores, b0, DEFAULT_FG, ms0)
     relative, rel_scores, rel_ap = 0.0, [], float(best["ap"])
-
-    def late() -> bool:
-        return time_limit is not None and time.perf_counter() - t0 > time_limit
-
     if n_relative and best["spatial_radius"] == 0 and complete:
         rel_scores = _relative_scores(preds, gts, config, best, grid["relative_bandwidth"],
                                       dev, ignore_index, step, late)
